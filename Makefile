@@ -1,0 +1,41 @@
+# Pythia: every set-up step a fresh machine needs. `make test` and `make serve` install first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATA_DIR ?= data/shapes
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint data serve bench clean
+
+install: $(STAMP)
+
+# Reinstalls when pyproject.toml changes. torch/torchvision resolve to the local
+# 2.14.1 / 0.29.1 wheels where pip's constraints point at them, to PyPI's otherwise.
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required")'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test: lint
+	$(PY) -m pytest
+
+data: install
+	$(PY) -m training.data.shapes --out $(DATA_DIR)
+
+# Until the service issue lands, the main job is the ShapesWorld generator: it writes the
+# demo data every other part reads.
+serve: data
+	@echo "ShapesWorld written to $(DATA_DIR). The HTTP service (service/) is not built yet:"
+	@echo "'make serve' generates the demo data until the service issue lands."
+
+bench: install
+	$(PY) bench/data.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

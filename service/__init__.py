@@ -1,0 +1,1 @@
+"""Inference service (FastAPI + dynamic batching). Filled by the service issue."""
