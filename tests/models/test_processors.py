@@ -182,7 +182,7 @@ def test_load_image_refuses_garbage_bombs_and_missing_files(tmp_path):
         load_image(b"definitely not an image")
     with pytest.raises(ImageDecodeError, match="exceeds the limit"):
         load_image(_png(Image.new("L", (300, 300))), max_pixels=10_000)
-    with pytest.raises(FileNotFoundError, match="nope.jpg"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.jpg"):
         load_image(tmp_path / "nope.jpg")
     truncated = _png(Image.new("RGB", (64, 64), (1, 2, 3)))[:60]
     with pytest.raises(ImageDecodeError):

@@ -69,7 +69,7 @@ def test_missing_or_malformed_experiment_file(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "none.yaml")
     bad = _write(tmp_path / "bad.yaml", "trainer: [1, 2\n")
-    with pytest.raises(ConfigError, match="bad.yaml: not a valid YAML config"):
+    with pytest.raises(ConfigError, match=r"bad\.yaml: not a valid YAML config"):
         load_config(bad)
 
 

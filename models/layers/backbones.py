@@ -1,0 +1,129 @@
+"""Convolutional backbones (image -> grid feature map) with no network access.
+
+``resnet_trunk(name)`` builds a torchvision ResNet with ``weights=None`` and drops ``avgpool``
+and ``fc``: input (B, 3, H, W) float (ImageNet-normalized), output (B, C, ceil(H/32),
+ceil(W/32)) with C = ``RESNET_CHANNELS[name]`` (e.g. 448 px -> 14x14, 64 px -> 2x2).
+
+The trunk is an ``nn.Sequential`` whose children keep torchvision's names (``conv1``, ``bn1``,
+``relu``, ``maxpool``, ``layer1`` .. ``layer4``), so a torchvision ResNet state dict loads into
+it directly (its ``fc.*`` keys are ignored). Pretrained weights are never downloaded: pass
+``weights_path``, a local file holding a torchvision state dict (``.pth``/``.pt`` read with
+``torch.load(weights_only=True)``, or ``.safetensors``). A checkpoint that wraps the state
+dict under ``"state_dict"`` or ``"model"``, or prefixes keys with ``"module."``, is accepted.
+
+This module is a leaf: it imports nothing from ``training`` or ``service``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+from torch import nn
+
+__all__ = ["RESNET_CHANNELS", "load_state_dict_file", "resnet_trunk"]
+
+#: Output channels of each supported trunk.
+RESNET_CHANNELS: dict[str, int] = {
+    "resnet18": 512,
+    "resnet34": 512,
+    "resnet50": 2048,
+    "resnet101": 2048,
+    "resnet152": 2048,
+}
+
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "resnet18": torchvision.models.resnet18,
+    "resnet34": torchvision.models.resnet34,
+    "resnet50": torchvision.models.resnet50,
+    "resnet101": torchvision.models.resnet101,
+    "resnet152": torchvision.models.resnet152,
+}
+
+_TRUNK_CHILDREN = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+
+
+def resnet_trunk(name: str, *, weights_path: str | Path | None = None) -> nn.Module:
+    """A torchvision ResNet without ``avgpool``/``fc``, in eval mode.
+
+    ``(B, 3, H, W) -> (B, RESNET_CHANNELS[name], H/32, W/32)``. Randomly initialised unless
+    ``weights_path`` (a local torchvision state dict) is given. Raises ``ValueError`` for an
+    unknown ``name`` or a state dict that does not fit (the message names the file),
+    ``FileNotFoundError`` when ``weights_path`` does not exist.
+    """
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(sorted(_BUILDERS))}")
+    full = _BUILDERS[name](weights=None)
+    trunk = nn.Sequential(OrderedDict((child, getattr(full, child)) for child in _TRUNK_CHILDREN))
+    if weights_path is not None:
+        state = load_state_dict_file(weights_path)
+        _load_into(trunk, state, Path(weights_path), name)
+    return trunk.eval()
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from a local ``.safetensors`` or torch (``.pth``/``.pt``/...) file.
+
+    Torch files are read with ``weights_only=True`` (no arbitrary code runs). A dict wrapping
+    the state dict under ``"state_dict"``/``"model"`` is unwrapped and a ``"module."`` key prefix
+    (DataParallel) is stripped. Errors name the file.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"weights file not found: {p}")
+    obj: Any
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj = load_file(str(p), device="cpu")
+        else:
+            obj = torch.load(str(p), weights_only=True, map_location="cpu")
+    except Exception as exc:
+        raise ValueError(f"could not read weights file {p}: {type(exc).__name__}: {exc}") from exc
+    if isinstance(obj, Mapping):
+        for wrapper in ("state_dict", "model"):
+            inner = obj.get(wrapper)
+            if isinstance(inner, Mapping):
+                obj = inner
+                break
+    if not isinstance(obj, Mapping) or not obj:
+        raise ValueError(f"weights file {p} does not hold a state dict (got {type(obj).__name__})")
+    state: dict[str, torch.Tensor] = {}
+    for key, value in obj.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise ValueError(
+                f"weights file {p} does not hold a state dict: entry {key!r} is "
+                f"{type(value).__name__}, not a tensor"
+            )
+        state[key.removeprefix("module.")] = value
+    return state
+
+
+def _load_into(trunk: nn.Module, state: Mapping[str, torch.Tensor], path: Path, name: str) -> None:
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    expected = trunk.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = sorted(
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in set(expected) & set(state)
+        if state[k].shape != expected[k].shape
+    )
+    if missing or unexpected or mismatched:
+        parts = []
+        for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                             ("shape mismatches", mismatched)):
+            if items:
+                shown = ", ".join(items[:5]) + (f", ... ({len(items)} in all)"
+                                                if len(items) > 5 else "")
+                parts.append(f"{label}: {shown}")
+        raise ValueError(
+            f"weights file {path} does not fit backbone {name!r} "
+            f"(expected a torchvision {name} state dict); " + "; ".join(parts)
+        )
+    trunk.load_state_dict(state, strict=True)

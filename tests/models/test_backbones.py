@@ -1,0 +1,109 @@
+"""ResNet trunks: output shapes, unknown names, and loading local torchvision weights
+(.pth and .safetensors) with errors that name the file."""
+
+import pytest
+import torch
+import torchvision
+from safetensors.torch import save_file
+
+from models.layers.backbones import RESNET_CHANNELS, load_state_dict_file, resnet_trunk
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_trunk_shapes_at_64_px(name):
+    trunk = resnet_trunk(name)
+    assert not trunk.training
+    with torch.no_grad():
+        out = trunk(torch.randn(2, 3, 64, 64))
+    assert out.shape == (2, RESNET_CHANNELS[name], 2, 2)
+    if name == "resnet18":
+        with torch.no_grad():
+            assert trunk(torch.randn(1, 3, 96, 64)).shape == (1, 512, 3, 2)
+
+
+def test_channels_table():
+    assert RESNET_CHANNELS == {"resnet18": 512, "resnet34": 512, "resnet50": 2048,
+                               "resnet101": 2048, "resnet152": 2048}
+
+
+def test_unknown_name_lists_the_known_ones():
+    with pytest.raises(ValueError) as err:
+        resnet_trunk("resnet19")
+    msg = str(err.value)
+    assert "resnet19" in msg and all(name in msg for name in RESNET_CHANNELS)
+
+
+def _reference(seed=0):
+    torch.manual_seed(seed)
+    model = torchvision.models.resnet18(weights=None).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    return model
+
+
+def _trunk_forward(model, x):
+    with torch.no_grad():
+        return torch.nn.Sequential(*list(model.children())[:-2]).eval()(x)
+
+
+@pytest.mark.parametrize("fmt", ["pth", "safetensors", "wrapped"])
+def test_loads_local_weights_ignoring_fc(tmp_path, fmt):
+    ref = _reference()
+    state = ref.state_dict()
+    assert any(k.startswith("fc.") for k in state)
+    path = tmp_path / ("w.safetensors" if fmt == "safetensors" else "w.pth")
+    if fmt == "pth":
+        torch.save(state, path)
+    elif fmt == "safetensors":
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    else:  # a training checkpoint: {"state_dict": {"module.<key>": ...}}
+        torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 3},
+                   path)
+    trunk = resnet_trunk("resnet18", weights_path=path)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        got = trunk(x)
+    torch.testing.assert_close(got, _trunk_forward(ref, x), atol=1e-5, rtol=0)
+    if fmt == "pth":  # the comparison is meaningful: other weights give other features
+        assert not torch.allclose(got, _trunk_forward(_reference(seed=1), x), atol=1e-3)
+
+
+def test_state_dict_keys_match_torchvision_names():
+    trunk_keys = set(resnet_trunk("resnet18").state_dict())
+    tv_keys = {k for k in torchvision.models.resnet18(weights=None).state_dict()
+               if not k.startswith("fc.")}
+    assert trunk_keys == tv_keys
+
+
+def test_weights_that_do_not_fit_name_the_file(tmp_path):
+    wrong = tmp_path / "resnet50.pth"
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), wrong)
+    with pytest.raises(ValueError) as err:
+        resnet_trunk("resnet18", weights_path=wrong)
+    msg = str(err.value)
+    assert str(wrong) in msg and "shape mismatches" in msg and "unexpected keys" in msg
+    partial = tmp_path / "partial.pth"
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    del state["layer4.1.bn2.weight"]
+    torch.save(state, partial)
+    with pytest.raises(ValueError, match=r"missing keys: layer4\.1\.bn2\.weight"):
+        resnet_trunk("resnet18", weights_path=partial)
+
+
+def test_unreadable_or_missing_weights_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nope\.pth"):
+        resnet_trunk("resnet18", weights_path=tmp_path / "nope.pth")
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"\x00\x01 not a checkpoint")
+    with pytest.raises(ValueError, match=r"garbage\.pth"):
+        resnet_trunk("resnet18", weights_path=garbage)
+    bad_st = tmp_path / "bad.safetensors"
+    bad_st.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match=r"bad\.safetensors"):
+        load_state_dict_file(bad_st)
+    not_tensors = tmp_path / "dict.pth"
+    torch.save({"epoch": 3, "lr": 0.1}, not_tensors)
+    with pytest.raises(ValueError, match=r"dict\.pth"):
+        load_state_dict_file(not_tensors)
