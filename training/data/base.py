@@ -5,7 +5,8 @@ Sample contract (a dict per item; ``training.data.collate.collate`` batches them
 
 * visual input, one of
     - raw images: ``"image"`` float32 (3, S, S), S = ``model.image_size``, normalized;
-    - features:   ``"image_features"`` (N, D) float32, ``"image_feature_mask"`` bool (N,),
+    - features:   ``"image_features"`` (N, D) in the store's dtype (float16 or float32),
+      ``"image_feature_mask"`` bool (N,),
       ``"image_boxes"`` float32 (N, 4) relative x1,y1,x2,y2 (zeros for grid features);
 * ``"image_id"`` (int or str as in the official file), ``"dataset"`` (registered name),
   and the task fields each reader documents.
@@ -183,8 +184,9 @@ class VisualSource:
         n = feats.shape[0] if self.max_features is None else min(feats.shape[0],
                                                                  self.max_features)
         # The store hands out read-only views on its memory map; this is the one copy, into
-        # a float32 tensor the batch can own.
-        features = torch.from_numpy(np.asarray(feats[:n], dtype=np.float32))
+        # a tensor the batch can own. The store's dtype is kept (float16 halves the bytes
+        # moved to the GPU); models cast to their compute dtype on the device.
+        features = torch.from_numpy(np.array(feats[:n]))
         boxes_arr = arrays.get("boxes")
         if boxes_arr is not None:
             attrs = self.store().attrs(key)
