@@ -30,10 +30,10 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.config import load_config  # noqa: E402
-from training.data import build_dataset, build_processors, collate  # noqa: E402
-from training.data.feature_store import FeatureStoreWriter  # noqa: E402
-from training.data.shapes import generate  # noqa: E402
+from training.config import load_config
+from training.data import build_dataset, build_processors, collate
+from training.data.feature_store import FeatureStoreWriter
+from training.data.shapes import generate
 
 
 def _rate(dataset, n: int) -> float:

@@ -20,6 +20,7 @@ that is 0, .3, .6, .9, 1.0 for c = 0, 1, 2, 3, >=4 (``soft_score_from_count``).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections import Counter
@@ -110,8 +111,13 @@ def process_digit_article(text: str) -> str:
     return " ".join(CONTRACTIONS.get(w, w) for w in words)
 
 
+@functools.lru_cache(maxsize=1 << 17)
 def normalize_answer(text: str) -> str:
-    """The full official normalization of one answer (newlines/tabs to spaces, strip first)."""
+    """The full official normalization of one answer (newlines/tabs to spaces, strip first).
+
+    Memoized: answers repeat a lot (every epoch, every "yes"), and a dataset reader computes
+    soft-score targets per sample.
+    """
     text = text.replace("\n", " ").replace("\t", " ").strip()
     return process_digit_article(process_punctuation(text))
 

@@ -11,10 +11,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
+from torch.utils.data import get_worker_info
 
 
 def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -46,13 +48,23 @@ def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def _stack(key: str, values: list[torch.Tensor]) -> torch.Tensor:
     shape = values[0].shape
     if all(v.shape == shape for v in values):
-        return torch.stack(values)
+        return torch.stack(values, out=_empty(values[0], (len(values), *shape)))
     rest = shape[1:]
     if any(v.dim() == 0 or v.shape[1:] != rest for v in values):
         raise ValueError(f"collate: field {key!r} has shapes that differ beyond dim 0: "
                          f"{sorted({tuple(v.shape) for v in values})}")
     n = max(v.shape[0] for v in values)
-    out = values[0].new_zeros((len(values), n, *rest))
+    out = _empty(values[0], (len(values), n, *rest)).zero_()
     for i, v in enumerate(values):
         out[i, : v.shape[0]] = v
     return out
+
+
+def _empty(like: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """An uninitialised tensor; in a DataLoader worker it is allocated in shared memory, so
+    the batch reaches the main process without another copy (as ``default_collate`` does)."""
+    if get_worker_info() is None:
+        return like.new_empty(shape)
+    numel = math.prod(shape)
+    storage = like._typed_storage()._new_shared(numel, device=like.device)
+    return like.new(storage).resize_(*shape)
