@@ -247,3 +247,50 @@ def majority(answers: Sequence[str]) -> str:
     for a in answers:
         counts[a] = counts.get(a, 0) + 1
     return max(counts, key=lambda a: counts[a]) if counts else ""
+
+
+class QuestionAnsweringDataset(BaseDataset):
+    """The VQA-style readers (vqa2, textvqa, vizwiz): a question vocabulary, an optional
+    answer space for soft-score targets, and the shared config edge. Subclasses read their
+    files in ``__init__`` and implement ``build_processors``."""
+
+    def __init__(
+        self,
+        *,
+        data_dir: str | Path,
+        split: str,
+        visual: VisualSource,
+        vocab: Any,
+        answer_space: Any = None,
+        max_question_length: int = 14,
+    ) -> None:
+        super().__init__(data_dir=data_dir, split=split, visual=visual)
+        self.vocab = vocab
+        self.answer_space = answer_space
+        self.max_question_length = max_question_length
+
+    @classmethod
+    def from_config(cls, cfg: Any, name: str, split: str, processors: dict[str, Any]) -> Any:
+        d = cfg.datasets[name]
+        return cls(data_dir=d.data_dir, split=split, visual=VisualSource.from_config(cfg, name),
+                   vocab=processors["vocab"], answer_space=processors.get("answer_space"),
+                   max_question_length=d.max_question_length,
+                   **cls.extra_processors(processors))
+
+    @classmethod
+    def extra_processors(cls, processors: dict[str, Any]) -> dict[str, Any]:
+        """Constructor arguments taken from the processors beyond vocab and answer space."""
+        return {}
+
+    @classmethod
+    def processors_from_config(cls, cfg: Any, name: str) -> dict[str, Any]:
+        d = cfg.datasets[name]
+        return cls.build_processors(d.data_dir, max_answers=d.answer_space.max_answers,
+                                    min_answer_count=d.answer_space.min_count,
+                                    split=d.train_split)
+
+    @classmethod
+    def build_processors(cls, data_dir: str | Path, *, max_answers: int | None,
+                         min_answer_count: int, split: str) -> dict[str, Any]:
+        """Question vocabulary and answer space built from ``split`` of ``data_dir``."""
+        raise NotImplementedError

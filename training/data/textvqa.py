@@ -21,8 +21,8 @@ from typing import Any
 
 from models.processors import AnswerSpace, OCRProcessor, Vocabulary
 from training.data.base import (
-    BaseDataset,
     DatasetError,
+    QuestionAnsweringDataset,
     VisualSource,
     field,
     majority,
@@ -35,7 +35,7 @@ from training.registry import DATASETS
 
 
 @DATASETS.register("textvqa")
-class TextVQADataset(BaseDataset):
+class TextVQADataset(QuestionAnsweringDataset):
     name = "textvqa"
     splits = {"train": "train_images", "val": "train_images", "test": "test_images"}
 
@@ -50,11 +50,9 @@ class TextVQADataset(BaseDataset):
         ocr: OCRProcessor | None = None,
         max_question_length: int = 14,
     ) -> None:
-        super().__init__(data_dir=data_dir, split=split, visual=visual)
-        self.vocab = vocab
-        self.answer_space = answer_space
+        super().__init__(data_dir=data_dir, split=split, visual=visual, vocab=vocab,
+                         answer_space=answer_space, max_question_length=max_question_length)
         self.ocr = ocr or OCRProcessor()
-        self.max_question_length = max_question_length
         self.questions_file = self.data_dir / f"TextVQA_0.5.1_{split}.json"
         self.ocr_file = self.data_dir / f"TextVQA_Rosetta_OCR_v0.2_{split}.json"
         self.records = list(_read_questions(self.questions_file, require_answers=split != "test"))
@@ -91,20 +89,13 @@ class TextVQADataset(BaseDataset):
         return sample
 
     @classmethod
-    def from_config(cls, cfg: Any, name: str, split: str, processors: dict[str, Any]
-                    ) -> TextVQADataset:
-        d = cfg.datasets[name]
-        return cls(data_dir=d.data_dir, split=split, visual=VisualSource.from_config(cfg, name),
-                   vocab=processors["vocab"], answer_space=processors.get("answer_space"),
-                   ocr=processors.get("ocr"), max_question_length=d.max_question_length)
+    def extra_processors(cls, processors: dict[str, Any]) -> dict[str, Any]:
+        return {"ocr": processors.get("ocr")}
 
     @classmethod
     def processors_from_config(cls, cfg: Any, name: str) -> dict[str, Any]:
-        d = cfg.datasets[name]
-        procs = cls.build_processors(d.data_dir, max_answers=d.answer_space.max_answers,
-                                     min_answer_count=d.answer_space.min_count,
-                                     split=d.train_split)
-        procs["ocr"] = OCRProcessor(**d.ocr)
+        procs = super().processors_from_config(cfg, name)
+        procs["ocr"] = OCRProcessor(**cfg.datasets[name].ocr)
         return procs
 
     @classmethod

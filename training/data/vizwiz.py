@@ -6,8 +6,8 @@ Files under ``data_dir``::
                                        answerable}; test: only image and question
     <split>/VizWiz_<split>_%08d.jpg    images (8 digits; the name is the record's key)
 
-Sample fields: ``question_id`` (the record's index in the file), ``image`` name is
-``image_name`` (str, the key of VizWiz results), ``image_id`` (same name), question fields,
+Sample fields: ``question_id`` (the record's index in the file), ``image_name`` (str, the
+record's ``image``: the key of VizWiz results), ``image_id`` (the same name), question fields,
 ``answers``, ``targets`` (A,), ``answer_type``, ``answerable`` (1/0; -1 on test).
 """
 
@@ -19,8 +19,8 @@ from typing import Any
 
 from models.processors import AnswerSpace, Vocabulary
 from training.data.base import (
-    BaseDataset,
     DatasetError,
+    QuestionAnsweringDataset,
     VisualSource,
     answer_fields,
     field,
@@ -33,7 +33,7 @@ from training.registry import DATASETS
 
 
 @DATASETS.register("vizwiz")
-class VizWizDataset(BaseDataset):
+class VizWizDataset(QuestionAnsweringDataset):
     name = "vizwiz"
     splits = {"train": "train", "val": "val", "test": "test"}
 
@@ -47,10 +47,8 @@ class VizWizDataset(BaseDataset):
         answer_space: AnswerSpace | None = None,
         max_question_length: int = 14,
     ) -> None:
-        super().__init__(data_dir=data_dir, split=split, visual=visual)
-        self.vocab = vocab
-        self.answer_space = answer_space
-        self.max_question_length = max_question_length
+        super().__init__(data_dir=data_dir, split=split, visual=visual, vocab=vocab,
+                         answer_space=answer_space, max_question_length=max_question_length)
         self.annotations_file = self.data_dir / "Annotations" / f"{split}.json"
         self.records = list(_read(self.annotations_file, require_answers=split != "test"))
         image_dir = self.data_dir / self.official_split
@@ -76,21 +74,6 @@ class VizWizDataset(BaseDataset):
         sample.update(answer_fields(self.answer_space, r.get("answers", [])))
         sample.update(self.visual.load(self.keys[index]))
         return sample
-
-    @classmethod
-    def from_config(cls, cfg: Any, name: str, split: str, processors: dict[str, Any]
-                    ) -> VizWizDataset:
-        d = cfg.datasets[name]
-        return cls(data_dir=d.data_dir, split=split, visual=VisualSource.from_config(cfg, name),
-                   vocab=processors["vocab"], answer_space=processors.get("answer_space"),
-                   max_question_length=d.max_question_length)
-
-    @classmethod
-    def processors_from_config(cls, cfg: Any, name: str) -> dict[str, Any]:
-        d = cfg.datasets[name]
-        return cls.build_processors(d.data_dir, max_answers=d.answer_space.max_answers,
-                                    min_answer_count=d.answer_space.min_count,
-                                    split=d.train_split)
 
     @classmethod
     def build_processors(

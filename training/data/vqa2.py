@@ -21,8 +21,8 @@ from typing import Any
 
 from models.processors import AnswerSpace, Vocabulary, normalize_answer
 from training.data.base import (
-    BaseDataset,
     DatasetError,
+    QuestionAnsweringDataset,
     VisualSource,
     answer_fields,
     field,
@@ -34,7 +34,7 @@ from training.registry import DATASETS
 
 
 @DATASETS.register("vqa2")
-class VQA2Dataset(BaseDataset):
+class VQA2Dataset(QuestionAnsweringDataset):
     name = "vqa2"
     # generic split -> (file subtype, image folder)
     splits = {
@@ -54,10 +54,8 @@ class VQA2Dataset(BaseDataset):
         answer_space: AnswerSpace | None = None,
         max_question_length: int = 14,
     ) -> None:
-        super().__init__(data_dir=data_dir, split=split, visual=visual)
-        self.vocab = vocab
-        self.answer_space = answer_space
-        self.max_question_length = max_question_length
+        super().__init__(data_dir=data_dir, split=split, visual=visual, vocab=vocab,
+                         answer_space=answer_space, max_question_length=max_question_length)
         subtype, folder = self.official_split
         self.questions_file = self.data_dir / f"v2_OpenEnded_mscoco_{subtype}_questions.json"
         self.annotations_file = self.data_dir / f"v2_mscoco_{subtype}_annotations.json"
@@ -90,21 +88,6 @@ class VQA2Dataset(BaseDataset):
         sample.update(answer_fields(self.answer_space, r.get("answers", [])))
         sample.update(self.visual.load(self.keys[index]))
         return sample
-
-    @classmethod
-    def from_config(cls, cfg: Any, name: str, split: str, processors: dict[str, Any]
-                    ) -> VQA2Dataset:
-        d = cfg.datasets[name]
-        return cls(data_dir=d.data_dir, split=split, visual=VisualSource.from_config(cfg, name),
-                   vocab=processors["vocab"], answer_space=processors.get("answer_space"),
-                   max_question_length=d.max_question_length)
-
-    @classmethod
-    def processors_from_config(cls, cfg: Any, name: str) -> dict[str, Any]:
-        d = cfg.datasets[name]
-        return cls.build_processors(d.data_dir, max_answers=d.answer_space.max_answers,
-                                    min_answer_count=d.answer_space.min_count,
-                                    split=d.train_split)
 
     @classmethod
     def build_processors(
