@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from training.data.base import BaseDataset, DatasetError, VisualSource
 from training.data.coco import COCOCaptionsDataset
 from training.data.collate import collate
-from training.data.samplers import MultiTaskBatchSampler
+from training.data.samplers import MultiTaskBatchSampler, ShardSampler
 from training.data.textvqa import TextVQADataset
 from training.data.visdial import VisDialDataset
 from training.data.vizwiz import VizWizDataset
@@ -47,6 +47,7 @@ __all__ = [
     "COCOCaptionsDataset",
     "DatasetError",
     "MultiTaskBatchSampler",
+    "ShardSampler",
     "TextVQADataset",
     "VQA2Dataset",
     "VisDialDataset",

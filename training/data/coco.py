@@ -129,3 +129,11 @@ def _read(path: Path) -> tuple[dict[int, str], dict[int, list[str]]]:
         if not refs:
             raise DatasetError(f"{path}: image {image_id} has no caption")
     return images, captions
+
+
+def load_ground_truth(data_dir: str | Path, split: str) -> dict[int, list[str]]:
+    """image_id -> reference captions of a split (``val2014`` or ``val``), reading no image."""
+    official = {v: v for v in COCOCaptionsDataset.splits.values()}
+    subtype = official.get(split) or resolve_split("coco", split, COCOCaptionsDataset.splits)
+    _, captions = _read(Path(data_dir) / "annotations" / f"captions_{subtype}.json")
+    return captions

@@ -143,6 +143,23 @@ class MultiTaskBatchSampler:
         self.position = int(state["position"])
 
 
+class ShardSampler(torch.utils.data.Sampler[int]):
+    """Evaluation sampler: rank r takes indices r, r + W, r + 2W, ... in order, without the
+    padding ``DistributedSampler`` adds, so every sample is evaluated exactly once across
+    ranks (ranks may get one sample more or less than others)."""
+
+    def __init__(self, size: int, *, rank: int = 0, world_size: int = 1) -> None:
+        if world_size <= 0 or not 0 <= rank < world_size:
+            raise ValueError("world_size must be positive and 0 <= rank < world_size")
+        self.size, self.rank, self.world_size = size, rank, world_size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.size, self.world_size))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.size, self.world_size))
+
+
 def _mix(*parts: int) -> int:
     """A 63-bit seed from several integers (stable across processes, unlike ``hash``)."""
     h = 1469598103934665603

@@ -155,3 +155,11 @@ def _read_ocr(path: Path) -> dict[str, tuple[list[str], list[list[float]]]]:
             boxes = [[0.0, 0.0, 0.0, 0.0] for _ in tokens]
         out[image_id] = (tokens, boxes)
     return out
+
+
+def load_ground_truth(data_dir: str | Path, split: str) -> list[dict[str, Any]]:
+    """Question records (``question_id``, ``image_id``, ``question``, ``answers``) of a split
+    that has answers, reading no image."""
+    resolve_split("textvqa", split, TextVQADataset.splits)
+    return list(_read_questions(Path(data_dir) / f"TextVQA_0.5.1_{split}.json",
+                                require_answers=True))

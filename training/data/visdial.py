@@ -259,3 +259,19 @@ def _read_dense(path: Path, image_ids: set[int], *, num_rounds: int, num_options
             raise DatasetError(f"{where}: field 'gt_relevance' must be {num_options} numbers")
         out[image_id] = (round_id - 1, [float(v) for v in rel])
     return out
+
+
+def load_ground_truth(data_dir: str | Path, split: str, *, num_rounds: int = 10,
+                      num_options: int = 100) -> dict[str, Any]:
+    """A split's dialogs without images: ``{"dialogs": [...], "answers": [...],
+    "questions": [...], "relevance": {image_id: (0-based round, [O floats])}}``; relevance is
+    read from ``visdial_1.0_<split>_dense_annotations.json`` when present."""
+    resolve_split("visdial", split, VisDialDataset.splits)
+    d = Path(data_dir)
+    questions, answers, dialogs = _read(d / f"visdial_1.0_{split}.json", split=split,
+                                        num_rounds=num_rounds, num_options=num_options)
+    dense = d / f"visdial_1.0_{split}_dense_annotations.json"
+    relevance = (_read_dense(dense, {x["image_id"] for x in dialogs}, num_rounds=num_rounds,
+                             num_options=num_options) if dense.is_file() else {})
+    return {"questions": questions, "answers": answers, "dialogs": dialogs,
+            "relevance": relevance}

@@ -110,3 +110,10 @@ def _read(path: Path, *, require_answers: bool) -> Iterator[dict[str, Any]]:
                 raise DatasetError(f"{where}: field 'answerable' must be 0 or 1")
             out["answerable"] = answerable
         yield out
+
+
+def load_ground_truth(data_dir: str | Path, split: str) -> list[dict[str, Any]]:
+    """Records (``image``, ``question``, ``answers``, ``answer_type``, ``answerable``) of a
+    split that has answers, reading no image."""
+    resolve_split("vizwiz", split, VizWizDataset.splits)
+    return list(_read(Path(data_dir) / "Annotations" / f"{split}.json", require_answers=True))

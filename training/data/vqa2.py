@@ -147,3 +147,18 @@ def _attach_annotations(records: list[dict[str, Any]], path: Path) -> None:
         if ann is None:
             raise DatasetError(f"{path}: no annotation for question {r['question_id']}")
         r.update(ann)
+
+
+def load_ground_truth(data_dir: str | Path, split: str) -> list[dict[str, Any]]:
+    """Question records of a split with their annotations, reading no image.
+
+    ``split`` is an official subtype (``val2014``) or a generic name (``val``). Records:
+    ``question_id``, ``image_id``, ``question``, ``answers``, ``question_type``,
+    ``answer_type``, ``multiple_choice_answer``.
+    """
+    official = {sub: sub for sub, _ in VQA2Dataset.splits.values()}
+    subtype = official.get(split) or resolve_split("vqa2", split, VQA2Dataset.splits)[0]
+    d = Path(data_dir)
+    records = list(_read_questions(d / f"v2_OpenEnded_mscoco_{subtype}_questions.json"))
+    _attach_annotations(records, d / f"v2_mscoco_{subtype}_annotations.json")
+    return records

@@ -1,0 +1,1 @@
+"""Evaluation: official metrics, streaming evaluators and EvalAI result files."""
