@@ -14,7 +14,9 @@ visdial            ``[{"image_id": int, "round_id": int (1-based),  (image_id, r
 =================  =============================================  ========================
 
 Writers normalize answers (the official VQA normalization) before writing, so the current
-and the pre-2021 official evaluators agree on the file. Validators take the parsed file and
+official evaluator and the pre-2021 one agree where all annotators gave the same answer
+("two" against ten "2"); elsewhere the old code still differs, since it normalizes only the
+punctuation of the human answers. Validators take the parsed file and
 the split's expected keys and refuse, naming the problem and the first offending keys, a
 file that misses a key, repeats one, names one outside the split, or has a malformed entry.
 VisDial covers the last round of each dialog on test and all rounds on val.
@@ -205,7 +207,7 @@ def visdial_expected_rounds(dialogs: Sequence[Mapping[str, Any]], split: str
                             ) -> list[tuple[int, int]]:
     """The (image_id, round_id) pairs a VisDial result must cover: the last round of each
     dialog on test, every round elsewhere."""
-    out = []
+    out: list[tuple[int, int]] = []
     for d in dialogs:
         n = len(d["dialog"])
         rounds = [n] if split == "test" else range(1, n + 1)

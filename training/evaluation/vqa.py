@@ -10,7 +10,9 @@ One prediction against the human answers of its question (``vqa_accuracy``):
   human answers disagree they get ``processPunctuation`` only.
 
 They differ when all ten annotators wrote the same string: "two" against ten "2" scores 0
-(current) or 1 (legacy). Normalize predictions before writing a submission and both agree.
+(current) or 1 (legacy); normalizing predictions before writing a submission removes that
+difference. They also differ where annotators disagree and an answer needs more than
+punctuation normalization ("Red" against a normalized "red"), which legacy never matches.
 
 The score is the leave-one-out average of ``min(1, matches / 3)`` over the annotators; a
 dataset's accuracy is ``round(100 * mean, 2)``, also per answer type and per question type.
@@ -21,7 +23,7 @@ prediction always (``legacy`` rule on the prediction) and keys results by image 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,7 +80,8 @@ def vizwiz_accuracy(prediction: str, answers: Sequence[str]) -> float:
     return vqa_accuracy(prediction, answers, mode="legacy")
 
 
-ACCURACY_FUNCTIONS = {
+# dataset -> f(prediction, answers, *, mode) -> accuracy; ``mode`` only matters for VQA v2.
+ACCURACY_FUNCTIONS: dict[str, Callable[..., float]] = {
     "vqa2": vqa_accuracy,
     "textvqa": lambda p, a, mode="current": textvqa_accuracy(p, a),
     "vizwiz": lambda p, a, mode="current": vizwiz_accuracy(p, a),
