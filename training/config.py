@@ -113,6 +113,7 @@ def save_resolved(cfg: DictConfig, run_dir: str | Path) -> Path:
 def import_builtin_modules() -> None:
     """Import the modules whose import registers the built-in components."""
     importlib.import_module("training.data")
+    importlib.import_module("training.evaluation")
 
 
 def import_user_modules(names: Iterable[str]) -> None:

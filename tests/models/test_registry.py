@@ -50,9 +50,13 @@ def test_name_defaults_to_dunder_name_and_must_be_string():
         r.register("", len)
 
 
-def test_one_registry_per_kind_and_builtin_datasets_registered():
-    import training.data  # noqa: F401  (registers the readers)
+def test_one_registry_per_kind_and_builtin_components_registered():
+    from training.config import import_builtin_modules
+
+    import_builtin_modules()
 
     kinds = {MODELS.kind, DATASETS.kind, METRICS.kind, OPTIMIZERS.kind, SCHEDULERS.kind}
     assert len(kinds) == 5
     assert {"vqa2", "textvqa", "vizwiz", "coco", "visdial"} <= set(DATASETS.names())
+    assert {"vqa_accuracy", "caption_metrics", "visdial_ranking", "visdial_ndcg",
+            "vizwiz_answerability"} <= set(METRICS.names())
