@@ -121,7 +121,32 @@ def _gt_rank_values(gt_ranks: torch.Tensor | Sequence[int]) -> torch.Tensor:
     return values
 
 
-class RankingAccumulator:
+class _SumAccumulator:
+    """Named float64 running sums that add across DDP ranks: ``state()`` / ``merge(state)``.
+    Subclasses name the sums in ``STATE_KEYS`` (``"count"`` first)."""
+
+    STATE_KEYS: tuple[str, ...] = ("count",)
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._sums: dict[str, float] = dict.fromkeys(self.STATE_KEYS, 0.0)
+
+    def state(self) -> dict[str, float]:
+        """The running float64 sums, keys in ``STATE_KEYS`` order (add them across ranks)."""
+        return dict(self._sums)
+
+    def merge(self, state: Mapping[str, float]) -> None:
+        """Add another accumulator's ``state()`` (e.g. from another DDP rank) into this one."""
+        if set(state) != set(self.STATE_KEYS):
+            raise ValueError(f"state keys {sorted(state)} do not match the expected "
+                             f"{list(self.STATE_KEYS)}")
+        for key in self.STATE_KEYS:
+            self._sums[key] += float(state[key])
+
+
+class RankingAccumulator(_SumAccumulator):
     """Streaming R@1/5/10, mean rank and MRR from ground-truth ranks (constant memory).
 
     ``update`` takes the rank (1 = best) of the ground-truth option for any number of
@@ -131,12 +156,6 @@ class RankingAccumulator:
 
     STATE_KEYS = ("count", "sum_r@1", "sum_r@5", "sum_r@10", "sum_rank", "sum_reciprocal_rank")
 
-    def __init__(self) -> None:
-        self._sums: dict[str, float] = dict.fromkeys(self.STATE_KEYS, 0.0)
-
-    def reset(self) -> None:
-        self._sums = dict.fromkeys(self.STATE_KEYS, 0.0)
-
     def update(self, gt_ranks: torch.Tensor | Sequence[int]) -> None:
         ranks = _gt_rank_values(gt_ranks)  # (n,) float64
         self._sums["count"] += float(ranks.numel())
@@ -144,14 +163,6 @@ class RankingAccumulator:
             self._sums[f"sum_r@{k}"] += float((ranks <= k).sum())
         self._sums["sum_rank"] += float(ranks.sum())
         self._sums["sum_reciprocal_rank"] += float(ranks.reciprocal().sum())
-
-    def state(self) -> dict[str, float]:
-        """The running float64 sums, keys in ``STATE_KEYS`` order (add them across ranks)."""
-        return dict(self._sums)
-
-    def merge(self, state: Mapping[str, float]) -> None:
-        """Add another accumulator's ``state()`` (e.g. from another DDP rank) into this one."""
-        _merge_sums(self._sums, state, self.STATE_KEYS)
 
     def compute(self) -> dict[str, float]:
         count = self._sums["count"]
@@ -175,13 +186,6 @@ def ranking_metrics(gt_ranks: torch.Tensor | Sequence[int]) -> dict[str, float]:
     if not result:
         raise ValueError("ranking_metrics needs at least one ground-truth rank")
     return result
-
-
-def _merge_sums(sums: dict[str, float], state: Mapping[str, float], keys: tuple[str, ...]) -> None:
-    if set(state) != set(keys):
-        raise ValueError(f"state keys {sorted(state)} do not match the expected {list(keys)}")
-    for key in keys:
-        sums[key] += float(state[key])
 
 
 # ------------------------------------------------------------------------ NDCG
@@ -280,7 +284,7 @@ def ndcg_from_ranks(ranks: torch.Tensor, relevance: torch.Tensor) -> float:
     return float(_ndcg_rows(order, rel).mean())
 
 
-class NDCGAccumulator:
+class NDCGAccumulator(_SumAccumulator):
     """Streaming mean NDCG (constant memory): sum of per-round NDCG and the number of rounds.
 
     ``compute`` returns ``{"ndcg": mean}``, or ``{}`` when nothing was observed (as the starter
@@ -288,12 +292,6 @@ class NDCGAccumulator:
     """
 
     STATE_KEYS = ("count", "sum_ndcg")
-
-    def __init__(self) -> None:
-        self._sums: dict[str, float] = dict.fromkeys(self.STATE_KEYS, 0.0)
-
-    def reset(self) -> None:
-        self._sums = dict.fromkeys(self.STATE_KEYS, 0.0)
 
     def _add(self, order: torch.Tensor, relevance: torch.Tensor) -> None:
         rel = _relevance_rows(relevance, order.shape, order.device)
@@ -308,14 +306,6 @@ class NDCGAccumulator:
     def update_ranks(self, ranks: torch.Tensor, relevance: torch.Tensor) -> None:
         """Add rounds from ranks (N, O), each row a permutation of 1..O, and relevance (N, O)."""
         self._add(_order_from_ranks(ranks), relevance)
-
-    def state(self) -> dict[str, float]:
-        """The running float64 sums, keys in ``STATE_KEYS`` order (add them across ranks)."""
-        return dict(self._sums)
-
-    def merge(self, state: Mapping[str, float]) -> None:
-        """Add another accumulator's ``state()`` (e.g. from another DDP rank) into this one."""
-        _merge_sums(self._sums, state, self.STATE_KEYS)
 
     def compute(self) -> dict[str, float]:
         count = self._sums["count"]
