@@ -161,16 +161,18 @@ def decode_answers(
     the sigmoid probability.
     """
     A = len(answers)
-    scores = torch.sigmoid(logits.detach().float()).cpu()  # (B, A + K)
+    # Rank by logits, report sigmoid probabilities: saturated sigmoids tie at 1.0 in float32,
+    # the logits still order them.
+    ranked = logits.detach().float().cpu()  # (B, A + K)
     out: list[list[tuple[str, float, bool]]] = []
-    for b in range(scores.size(0)):
-        row = scores[b].clone()
+    for b in range(ranked.size(0)):
+        row = ranked[b].clone()
         n_ocr = min(len(ocr_tokens[b]), row.numel() - A)
-        row[A + n_ocr:] = -1.0  # padded slots: below any probability
+        row[A + n_ocr:] = float("-inf")  # padded slots: never returned
         k = min(top_k, A + n_ocr)
         values, idx = row.topk(k)
         picks: list[tuple[str, float, bool]] = []
-        for s, j in zip(values.tolist(), idx.tolist()):
+        for s, j in zip(torch.sigmoid(values).tolist(), idx.tolist()):
             if j < A:
                 picks.append((answers[j], s, False))
             else:

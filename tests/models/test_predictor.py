@@ -1,0 +1,168 @@
+"""The Predictor end to end: a small model learns from images, is released, reloaded and
+answers raw image bytes; LoRRA copies an OCR word it never saw as an answer, with OCR given
+or read by rapidocr from the pixels."""
+
+import io
+import threading
+
+import pytest
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from models import create_model, save_pretrained
+from models.predictor import Predictor, resolve_device
+from models.processors import AnswerSpace, ImageTransform, OCRProcessor, Vocabulary
+from models.processors.ocr_engine import OCRWord
+
+COLORS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 200, 60)}
+# A frozen (random) backbone keeps BatchNorm in eval mode, so training and inference see the
+# same function even on batches of identical images.
+TINY = dict(embedding_dim=16, hidden_dim=32, num_glimpses=1, image_dim=32,
+            backbone="resnet18", freeze_backbone=True, attention_dim=32, fusion_dim=32,
+            classifier_dim=32, classifier_text_dim=16, dropout=0.0)
+
+
+def _png(color) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (48, 40), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _train(model, batch, steps=150):
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = model(batch)["loss"]
+        loss.backward()
+        opt.step()
+    model.eval()
+
+
+@pytest.fixture(scope="module")
+def color_release(tmp_path_factory):
+    torch.manual_seed(0)
+    vocab = Vocabulary.build(["what color is it"])
+    space = AnswerSpace(["red", "blue", "green", "yes"])
+    transform = ImageTransform(size=32)
+    model = create_model("pythia", vocab_size=len(vocab), num_answers=len(space), **TINY)
+    names = list(COLORS)
+    images = torch.stack([transform(Image.open(io.BytesIO(_png(COLORS[n])))) for n in names])
+    ids, n = vocab.encode("what color is it", max_length=14)
+    targets = torch.stack([space.target([c] * 10) for c in names])
+    batch = {"image": images, "question_ids": ids.repeat(3, 1),
+             "question_length": torch.full((3,), n), "targets": targets}
+    _train(model, batch)
+    out = tmp_path_factory.mktemp("rel") / "pythia"
+    save_pretrained(model, out, processors={"vocab": vocab, "answer_space": space,
+                                            "image_transform": transform})
+    return out
+
+
+def test_vqa_answers_raw_image_bytes_after_a_release_round_trip(color_release):
+    p = Predictor.from_pretrained(color_release, device="cpu")
+    assert p.tasks == ("vqa",)
+    out = p.vqa([_png(COLORS[c]) for c in COLORS], ["What color is it?"] * 3, top_k=3)
+    assert [o[0]["answer"] for o in out] == list(COLORS)
+    for answers in out:
+        assert len(answers) == 3
+        scores = [a["score"] for a in answers]
+        assert scores == sorted(scores, reverse=True) and 0 <= scores[-1] <= scores[0] <= 1
+        assert all(a["answer"] != "<unk>" for a in answers)
+    pil = Image.open(io.BytesIO(_png(COLORS["blue"])))
+    assert p.vqa([pil], ["what color is it"], top_k=1)[0][0]["answer"] == "blue"
+
+
+def test_vqa_is_safe_from_several_threads(color_release):
+    p = Predictor.from_pretrained(color_release, device="cpu")
+    images = [_png(COLORS[c]) for c in COLORS]
+    expected = p.vqa(images, ["what color is it"] * 3)
+    results, errors = [], []
+
+    def work():
+        try:
+            for _ in range(3):
+                results.append(p.vqa(images, ["what color is it"] * 3))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 12 and all(r == expected for r in results)
+
+
+def test_predictor_errors(color_release):
+    p = Predictor.from_pretrained(color_release, device="cpu")
+    with pytest.raises(ValueError, match="2 images but 1 questions"):
+        p.vqa([_png((0, 0, 0))] * 2, ["q"])
+    with pytest.raises(ValueError, match="serves \\['vqa'\\], not 'textvqa'"):
+        p.textvqa([_png((0, 0, 0))], ["q"])
+    with pytest.raises(ValueError, match="not a readable image"):
+        p.vqa([b"garbage"], ["q"])
+    features_only = create_model("pythia", vocab_size=8, num_answers=3,
+                                 **{**TINY, "backbone": None})
+    with pytest.raises(ValueError, match="trained on precomputed features only"):
+        Predictor(features_only, p.processors).vqa([_png((0, 0, 0))], ["q"])
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA is not available"):
+            resolve_device("cuda")
+    assert resolve_device("cpu").type == "cpu"
+
+
+def _sign(word: str) -> bytes:
+    img = Image.new("RGB", (320, 120), (40, 40, 60))
+    d = ImageDraw.Draw(img)
+    d.rectangle([20, 30, 300, 90], fill=(240, 240, 240))
+    d.text((35, 38), word, fill=(10, 10, 10), font=ImageFont.load_default(size=36))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def lorra_release(tmp_path_factory):
+    """LoRRA trained to copy the first OCR token: the answers are words outside its space."""
+    torch.manual_seed(0)
+    vocab = Vocabulary.build(["what is written on the sign"])
+    space = AnswerSpace(["yes", "no", "red"])
+    ocr = OCRProcessor(max_tokens=4, hash_buckets=256)
+    transform = ImageTransform(size=32)
+    model = create_model("lorra", vocab_size=len(vocab), num_answers=len(space),
+                         hash_buckets=256, ocr_embedding_dim=16, ocr_dim=32, **TINY)
+    words = [["plonk", "exit"], ["zorblat", "open"], ["quix", "stop"], ["vemba", "push"]]
+    samples = [ocr(w, [[0.1, 0.3, 0.5, 0.7], [0.6, 0.3, 0.9, 0.7]]) for w in words]
+    ids, n = vocab.encode("what is written on the sign", max_length=14)
+    batch = {
+        "image": torch.stack([transform(Image.new("RGB", (32, 32), (200, 200, 200)))] * 4),
+        "question_ids": ids.repeat(4, 1), "question_length": torch.full((4,), n),
+        **{k: torch.stack([s[k] for s in samples])
+           for k in ("ocr_char_ids", "ocr_hash_ids", "ocr_boxes", "ocr_mask")},
+        "ocr_tokens": [s["ocr_tokens"] for s in samples],
+        "targets": torch.stack([ocr.copy_target(space, [w[0]] * 10, s["ocr_tokens"])
+                                for w, s in zip(words, samples)]),
+    }
+    _train(model, batch, steps=150)
+    out = tmp_path_factory.mktemp("rel") / "lorra"
+    save_pretrained(model, out, processors={"vocab": vocab, "answer_space": space, "ocr": ocr,
+                                            "image_transform": transform})
+    return out
+
+
+def test_textvqa_copies_a_word_outside_the_answer_space(lorra_release):
+    p = Predictor.from_pretrained(lorra_release, device="cpu")
+    given = [[OCRWord("Zorblat", (0.1, 0.3, 0.5, 0.7), 1.0), ("open", [0.6, 0.3, 0.9, 0.7])]]
+    out = p.textvqa([_png((200, 200, 200))], ["what is written on the sign?"], ocr=given)
+    best = out[0]["answers"][0]
+    assert best == {"answer": "zorblat", "score": best["score"], "copied": True}
+    assert "zorblat" not in p.processors["answer_space"]
+    assert out[0]["ocr_tokens"] == ["zorblat", "open"]
+
+
+def test_textvqa_reads_the_image_with_rapidocr(lorra_release):
+    p = Predictor.from_pretrained(lorra_release, device="cpu")
+    out = p.textvqa([_sign("QUIX stop")], ["what is written on the sign?"], top_k=2)
+    assert out[0]["ocr_tokens"] == ["quix", "stop"]
+    assert out[0]["answers"][0]["answer"] == "quix" and out[0]["answers"][0]["copied"]
