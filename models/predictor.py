@@ -6,6 +6,11 @@
     p.textvqa([image], ["what is written on the sign?"])   # OCR by rapidocr unless given
     # -> [{"answers": [{"answer": "zorblat", "score": 0.9, "copied": True}, ...],
     #      "ocr_tokens": ["zorblat", "exit"]}]
+    p.caption([image], beam_size=3)
+    # -> [{"caption": "a red circle", "beams": [{"caption": ..., "score": -1.2}, ...]}]
+    p.dialog([image], [[{"question": "is there a circle", "answer": "yes"}]],
+             ["what color is it"], captions=["a red circle"], options=[["red", "blue", ...]])
+    # -> [{"answer": "red", "ranking": [{"answer": "red", "score": 3.1}, ...]}]
 
 Preprocessing (image decoding with EXIF orientation and any-mode-to-RGB, the release's image
 transform, question tokenization) happens inside; results are plain Python. A predictor is
@@ -61,6 +66,8 @@ class Predictor:
         self.model = model.to(self.device).eval()
         self.processors = dict(processors)
         self.max_question_length = max_question_length
+        # VisDial question, answer and history lengths (the reader's defaults)
+        self.dialog_lengths = (20, 20, 40)
         transform = self.processors.get("image_transform")
         self.transform: ImageTransform = transform if transform is not None else ImageTransform()
         self._ocr = ocr_engine
@@ -184,3 +191,101 @@ class Predictor:
         return [{"answers": [{"answer": a, "score": round(s, 6), "copied": c} for a, s, c in d],
                  "ocr_tokens": toks}
                 for d, toks in zip(decoded, batch["ocr_tokens"], strict=True)]
+
+    def caption(self, images: Sequence[ImageInput], *, beam_size: int = 1,
+                max_length: int = 20) -> list[dict[str, Any]]:
+        """A caption per image (greedy at ``beam_size`` 1) and the beams, best first
+        (``score``: summed log-probability)."""
+        self._require("caption")
+        if not images:
+            raise ValueError("empty batch")
+        if not 1 <= beam_size <= 32 or not 1 <= max_length <= 100:
+            raise ValueError("beam_size must be in 1..32 and max_length in 1..100")
+        batch = {"image": self._pixels(self._pil(images))}
+        with self._inference():
+            results = self.model.generate(batch, beam_size=beam_size,  # type: ignore[operator]
+                                          max_length=max_length)
+        vocab = self.processors["caption_vocab"]
+        return [{"caption": vocab.decode(r["ids"]),
+                 "beams": [{"caption": vocab.decode(ids), "score": round(float(score), 6)}
+                           for ids, score in r["beams"]]}
+                for r in results]
+
+    def dialog(
+        self,
+        images: Sequence[ImageInput],
+        histories: Sequence[Sequence[Mapping[str, str]]],
+        questions: Sequence[str],
+        *,
+        captions: Sequence[str] | None = None,
+        options: Sequence[Sequence[str]] | None = None,
+        max_length: int = 20,
+    ) -> list[dict[str, Any]]:
+        """Answer the next question of each dialog. The history (earlier ``{"question",
+        "answer"}`` rounds) travels with the call: nothing is remembered between calls.
+
+        With ``options`` (per dialog, the candidate answers) the answer is the best-scored
+        option and ``ranking`` lists them all, best first; without, the generative decoder
+        answers free-form (a model with only the discriminative decoder then refuses).
+        Dialogs are run one at a time (their round counts differ).
+        """
+        self._require("dialog")
+        self._check_lengths(images, questions)
+        if len(histories) != len(images):
+            raise ValueError(f"{len(images)} images but {len(histories)} histories")
+        if options is not None and len(options) != len(images):
+            raise ValueError(f"{len(images)} images but options for {len(options)}")
+        pil = self._pil(images)
+        out = []
+        for i, img in enumerate(pil):
+            opts = list(options[i]) if options is not None else None
+            caption = captions[i] if captions is not None else ""
+            batch = self._dialog_batch(img, histories[i], questions[i], caption, opts)
+            with self._inference():
+                if opts:
+                    scores = self.model(batch)["scores"][0, -1, : len(opts)].float().cpu()
+                    order = scores.argsort(descending=True, stable=True).tolist()
+                    out.append({"answer": opts[order[0]],
+                                "ranking": [{"answer": opts[j], "score": round(float(scores[j]), 6)}
+                                            for j in order]})
+                else:
+                    gen = self.model.generate_answers(  # type: ignore[operator]
+                        batch, max_length=max_length)
+                    out.append({"answer": self.processors["vocab"].decode(gen[0][-1])})
+        return out
+
+    def _dialog_batch(self, image: Image.Image, history: Sequence[Mapping[str, str]],
+                      question: str, caption: str, options: list[str] | None
+                      ) -> dict[str, Any]:
+        """One dialog as the VisDial reader lays it out (``training/data/visdial.py``): R =
+        rounds so far + 1; history row 0 the caption, row r the Q/A of round r - 1; options
+        only on the last round."""
+        vocab = self.processors["vocab"]
+        lq, la, lh = self.dialog_lengths
+        for turn in history:
+            if not isinstance(turn, Mapping) or not {"question", "answer"} <= set(turn):
+                raise ValueError("each history turn needs 'question' and 'answer'")
+        rounds = [*(str(t["question"]) for t in history), question]
+        R = len(rounds)
+        q = [vocab.encode(text, max_length=lq) for text in rounds]
+        h = [vocab.encode(caption, max_length=lh)]
+        h += [vocab.encode(f"{t['question']} {t['answer']}", max_length=lh) for t in history]
+        batch: dict[str, Any] = {
+            "image": self._pixels([image]),
+            "question_ids": torch.stack([x[0] for x in q]).unsqueeze(0),            # (1, R, Lq)
+            "question_length": torch.tensor([[max(1, x[1]) for x in q]]),           # (1, R)
+            "history_ids": torch.stack([x[0] for x in h]).unsqueeze(0),             # (1, R, Lh)
+            "round_mask": torch.ones(1, R, dtype=torch.bool),
+        }
+        if options:
+            enc = [vocab.encode(o, max_length=la, add_bos=True, add_eos=True) for o in options]
+            O = len(options)  # noqa: E741 (shape letter)
+            opt_ids = torch.zeros(1, R, O, la, dtype=torch.long)
+            opt_len = torch.zeros(1, R, O, dtype=torch.long)
+            opt_ids[0, -1] = torch.stack([e[0] for e in enc])
+            opt_len[0, -1] = torch.tensor([e[1] for e in enc])
+            mask = torch.zeros(1, R, dtype=torch.bool)
+            mask[0, -1] = True
+            batch.update(options_ids=opt_ids, options_length=opt_len, options_mask=mask)
+        return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v
+                for k, v in batch.items()}

@@ -166,3 +166,71 @@ def test_textvqa_reads_the_image_with_rapidocr(lorra_release):
     out = p.textvqa([_sign("QUIX stop")], ["what is written on the sign?"], top_k=2)
     assert out[0]["ocr_tokens"] == ["quix", "stop"]
     assert out[0]["answers"][0]["answer"] == "quix" and out[0]["answers"][0]["copied"]
+
+
+SMALL = dict(embedding_dim=16, hidden_dim=32, image_dim=32, attention_dim=32,
+             backbone="resnet18", freeze_backbone=True, dropout=0.0)
+
+
+def test_caption_greedy_and_beams_after_a_release_round_trip(tmp_path):
+    torch.manual_seed(0)
+    captions = {c: f"a {c} square on a dark background" for c in COLORS}
+    vocab = Vocabulary.build(list(captions.values()))
+    transform = ImageTransform(size=32)
+    model = create_model("butd", vocab_size=len(vocab), **SMALL)
+    names = list(COLORS)
+    ids = torch.stack([vocab.encode(captions[c], max_length=12, add_bos=True,
+                                    add_eos=True)[0] for c in names])
+    batch = {"image": torch.stack([transform(Image.open(io.BytesIO(_png(COLORS[c]))))
+                                   for c in names]),
+             "caption_ids": ids}
+    _train(model, batch, steps=120)
+    save_pretrained(model, tmp_path / "butd", processors={"caption_vocab": vocab,
+                                                          "image_transform": transform})
+    p = Predictor.from_pretrained(tmp_path / "butd", device="cpu")
+    assert p.tasks == ("caption",)
+    greedy = p.caption([_png(COLORS[c]) for c in names])
+    assert [g["caption"] for g in greedy] == [captions[c] for c in names]
+    beams = p.caption([_png(COLORS["green"])], beam_size=3)[0]
+    scores = [b["score"] for b in beams["beams"]]
+    assert len(scores) == 3 and scores == sorted(scores, reverse=True)
+    assert beams["caption"] == captions["green"] == beams["beams"][0]["caption"]
+    with pytest.raises(ValueError, match=r"beam_size must be in 1\.\.32"):
+        p.caption([_png((0, 0, 0))], beam_size=0)
+    with pytest.raises(ValueError, match="serves \\['caption'\\], not 'vqa'"):
+        p.vqa([_png((0, 0, 0))], ["q"])
+
+
+def test_dialog_ranks_options_and_answers_free_form(tmp_path):
+    torch.manual_seed(0)
+    names = list(COLORS)
+    options = [*names, "yes", "no", "two"]
+    history = [{"question": "is there a square", "answer": "yes"}]
+    vocab = Vocabulary.build([*options, "what color is it", "is there a square", "a square"])
+    transform = ImageTransform(size=32)
+    model = create_model("visdial", vocab_size=len(vocab), decoder="both", **SMALL)
+    processors = {"vocab": vocab, "image_transform": transform}
+    builder = Predictor(model, processors)  # its batch layout is the one inference uses
+    rows = [builder._dialog_batch(Image.open(io.BytesIO(_png(COLORS[c]))), history,
+                                  "what color is it", "a square", options) for c in names]
+    batch = {k: torch.cat([r[k] for r in rows]) for k in rows[0]}
+    answers = [["yes", c] for c in names]  # round 1 answer, round 2 answer
+    batch["answer_ids"] = torch.stack([torch.stack([
+        vocab.encode(a, max_length=20, add_bos=True, add_eos=True)[0] for a in pair])
+        for pair in answers])                                                  # (B, R, La)
+    batch["gt_index"] = torch.tensor([[-1, options.index(c)] for c in names])  # (B, R)
+    _train(model, batch, steps=150)
+    save_pretrained(model, tmp_path / "visdial", processors=processors)
+    p = Predictor.from_pretrained(tmp_path / "visdial", device="cpu")
+    out = p.dialog([_png(COLORS[c]) for c in names], [history] * 3, ["what color is it"] * 3,
+                   captions=["a square"] * 3, options=[options] * 3)
+    assert [o["answer"] for o in out] == names
+    for o in out:
+        scores = [r["score"] for r in o["ranking"]]
+        assert scores == sorted(scores, reverse=True)
+        assert sorted(r["answer"] for r in o["ranking"]) == sorted(options)
+    free = p.dialog([_png(COLORS["blue"])], [history], ["what color is it"],
+                    captions=["a square"])
+    assert free == [{"answer": "blue"}]
+    with pytest.raises(ValueError, match="each history turn needs 'question' and 'answer'"):
+        p.dialog([_png((0, 0, 0))], [[{"question": "x"}]], ["q"])
