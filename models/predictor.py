@@ -40,6 +40,11 @@ from models.release import load
 
 ImageInput = Image.Image | bytes
 
+# The dataset a task's head was trained on, by default. A multi-task model keeps one answer
+# space per dataset (processor ``answer_space_<dataset>``) and routes on ``batch["dataset"]``;
+# single-task families ignore the key.
+DEFAULT_DATASET = {"vqa": "vqa2", "textvqa": "textvqa", "caption": "coco", "dialog": "visdial"}
+
 
 def resolve_device(device: str | torch.device) -> torch.device:
     """``"auto"`` -> the first CUDA device when there is one, else the CPU; a CUDA request on
@@ -90,6 +95,14 @@ class Predictor:
             raise ValueError(f"this {self.model.family!r} model serves {list(self.tasks)}, "
                              f"not {task!r}")
 
+    def _answer_space(self, dataset: str) -> Any:
+        space = self.processors.get(f"answer_space_{dataset}", self.processors.get("answer_space"))
+        if space is None:
+            known = sorted(k for k in self.processors if k.startswith("answer_space"))
+            raise ValueError(f"no answer space for dataset {dataset!r} in this release "
+                             f"(it has {known})")
+        return space
+
     def _pil(self, images: Sequence[ImageInput]) -> list[Image.Image]:
         return [img if isinstance(img, Image.Image) else load_image(img) for img in images]
 
@@ -124,18 +137,20 @@ class Predictor:
             raise ValueError("empty batch")
 
     # -- tasks ------------------------------------------------------------------------------
-    def vqa(self, images: Sequence[ImageInput], questions: Sequence[str], *, top_k: int = 5
-            ) -> list[list[dict[str, Any]]]:
-        """Top-k answers per (image, question), best first (``score``: sigmoid probability)."""
+    def vqa(self, images: Sequence[ImageInput], questions: Sequence[str], *, top_k: int = 5,
+            dataset: str = DEFAULT_DATASET["vqa"]) -> list[list[dict[str, Any]]]:
+        """Top-k answers per (image, question), best first (``score``: sigmoid probability).
+        ``dataset`` picks the answer head of a multi-task model (vqa2, vizwiz, ...)."""
         self._require("vqa")
         self._check_lengths(images, questions)
-        batch = {"image": self._pixels(self._pil(images)), **self._questions(questions)}
+        batch = {"dataset": dataset, "image": self._pixels(self._pil(images)),
+                 **self._questions(questions)}
         with self._inference():
             logits = self.model(batch)["logits"].float().cpu()         # (B, A)
         # Rank by logits (saturated sigmoids tie at 1.0), report sigmoid probabilities. The
         # clone makes an ordinary tensor: inference tensors refuse in-place edits.
         logits = logits.clone()
-        space = self.processors["answer_space"]
+        space = self._answer_space(dataset)
         if space.answers and space.answers[0] == UNK_ANSWER:
             logits[:, 0] = float("-inf")  # never answer "<unk>"
         k = max(1, min(int(top_k), logits.size(1) - 1))
@@ -158,6 +173,7 @@ class Predictor:
         *,
         ocr: Sequence[Sequence[OCRWord | tuple[str, Sequence[float]]]] | None = None,
         top_k: int = 5,
+        dataset: str = DEFAULT_DATASET["textvqa"],
     ) -> list[dict[str, Any]]:
         """Answers that may copy an OCR token. ``ocr`` (optional, per image) gives words with
         relative x1,y1,x2,y2 boxes; otherwise rapidocr reads each image. Each answer says
@@ -177,14 +193,15 @@ class Predictor:
             boxes = [list(w.box) if isinstance(w, OCRWord) else [float(v) for v in w[1]]
                      for w in words]
             per_image.append(processor(tokens, boxes))
-        batch: dict[str, Any] = {"image": self._pixels(pil), **self._questions(questions)}
+        batch: dict[str, Any] = {"dataset": dataset, "image": self._pixels(pil),
+                                 **self._questions(questions)}
         for key in ("ocr_char_ids", "ocr_hash_ids", "ocr_boxes", "ocr_mask"):
             batch[key] = torch.stack([p[key] for p in per_image]).to(self.device)
         batch["ocr_tokens"] = [p["ocr_tokens"] for p in per_image]
         with self._inference():
             logits = self.model(batch)["logits"].float()                # (B, A + K)
         logits = logits.clone()
-        space = self.processors["answer_space"]
+        space = self._answer_space(dataset)
         if space.answers and space.answers[0] == UNK_ANSWER:
             logits[:, 0] = float("-inf")
         decoded = decode_answers(logits, space.answers, batch["ocr_tokens"], top_k=top_k)
@@ -201,7 +218,7 @@ class Predictor:
             raise ValueError("empty batch")
         if not 1 <= beam_size <= 32 or not 1 <= max_length <= 100:
             raise ValueError("beam_size must be in 1..32 and max_length in 1..100")
-        batch = {"image": self._pixels(self._pil(images))}
+        batch = {"dataset": DEFAULT_DATASET["caption"], "image": self._pixels(self._pil(images))}
         with self._inference():
             results = self.model.generate(batch, beam_size=beam_size,  # type: ignore[operator]
                                           max_length=max_length)
@@ -271,6 +288,7 @@ class Predictor:
         h = [vocab.encode(caption, max_length=lh)]
         h += [vocab.encode(f"{t['question']} {t['answer']}", max_length=lh) for t in history]
         batch: dict[str, Any] = {
+            "dataset": DEFAULT_DATASET["dialog"],
             "image": self._pixels([image]),
             "question_ids": torch.stack([x[0] for x in q]).unsqueeze(0),            # (1, R, Lq)
             "question_length": torch.tensor([[max(1, x[1]) for x in q]]),           # (1, R)

@@ -213,7 +213,8 @@ def test_dialog_ranks_options_and_answers_free_form(tmp_path):
     builder = Predictor(model, processors)  # its batch layout is the one inference uses
     rows = [builder._dialog_batch(Image.open(io.BytesIO(_png(COLORS[c]))), history,
                                   "what color is it", "a square", options) for c in names]
-    batch = {k: torch.cat([r[k] for r in rows]) for k in rows[0]}
+    batch = {k: torch.cat([r[k] for r in rows]) if isinstance(v, torch.Tensor) else v
+             for k, v in rows[0].items()}
     answers = [["yes", c] for c in names]  # round 1 answer, round 2 answer
     batch["answer_ids"] = torch.stack([torch.stack([
         vocab.encode(a, max_length=20, add_bos=True, add_eos=True)[0] for a in pair])
