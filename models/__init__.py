@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 # Importing a family module registers it in MODELS.
-from models import ban, butd, lorra, pythia, visdial  # noqa: F401
+from models import ban, butd, lorra, multitask, pythia, visdial  # noqa: F401
 from models.base import BaseModel
 from models.registry import LOSSES, MODELS, PROCESSORS, Registry
 from models.release import ReleaseError, load, save_pretrained

@@ -169,7 +169,7 @@ def decode_answers(
         row = ranked[b].clone()
         n_ocr = min(len(ocr_tokens[b]), row.numel() - A)
         row[A + n_ocr:] = float("-inf")  # padded slots: never returned
-        k = min(top_k, A + n_ocr)
+        k = min(top_k, int(torch.isfinite(row).sum()))  # nor slots a caller masked to -inf
         values, idx = row.topk(k)
         picks: list[tuple[str, float, bool]] = []
         for s, j in zip(torch.sigmoid(values).tolist(), idx.tolist()):

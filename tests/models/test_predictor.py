@@ -235,3 +235,42 @@ def test_dialog_ranks_options_and_answers_free_form(tmp_path):
     assert free == [{"answer": "blue"}]
     with pytest.raises(ValueError, match="each history turn needs 'question' and 'answer'"):
         p.dialog([_png((0, 0, 0))], [[{"question": "x"}]], ["q"])
+
+
+def test_multitask_release_serves_every_task_through_the_predictor(tmp_path):
+    torch.manual_seed(0)
+    names = list(COLORS)
+    vocab = Vocabulary.build(["what color is it", "what is written on the sign", *names])
+    caption_vocab = Vocabulary.build([f"a {c} square" for c in names])
+    spaces = {"vqa2": AnswerSpace(names), "textvqa": AnswerSpace(["yes", "no"])}
+    ocr = OCRProcessor(max_tokens=4, hash_buckets=64)
+    transform = ImageTransform(size=32)
+    model = create_model(
+        "multitask", vocab_size=len(vocab), caption_vocab_size=len(caption_vocab),
+        answer_spaces={k: len(v) for k, v in spaces.items()}, hash_buckets=64,
+        ocr_embedding_dim=8, ocr_dim=16, caption_hidden_dim=32, caption_attention_dim=32,
+        dialog_attention_dim=32, **TINY)
+    ids, n = vocab.encode("what color is it", max_length=14)
+    batch = {"dataset": "vqa2",
+             "image": torch.stack([transform(Image.open(io.BytesIO(_png(COLORS[c]))))
+                                   for c in names]),
+             "question_ids": ids.repeat(3, 1), "question_length": torch.full((3,), n),
+             "targets": torch.stack([spaces["vqa2"].target([c] * 10) for c in names])}
+    _train(model, batch, steps=100)
+    processors = {"vocab": vocab, "caption_vocab": caption_vocab, "ocr": ocr,
+                  "image_transform": transform,
+                  **{f"answer_space_{k}": v for k, v in spaces.items()}}
+    save_pretrained(model, tmp_path / "mt", processors=processors)
+    p = Predictor.from_pretrained(tmp_path / "mt", device="cpu")
+    assert set(p.tasks) == {"vqa", "textvqa", "caption", "dialog"}
+    vqa = p.vqa([_png(COLORS[c]) for c in names], ["what color is it"] * 3, top_k=1)
+    assert [v[0]["answer"] for v in vqa] == names
+    text = p.textvqa([_png((0, 0, 0))], ["what is written on the sign"],
+                     ocr=[[("zorblat", [0.1, 0.1, 0.4, 0.3])]])
+    assert text[0]["ocr_tokens"] == ["zorblat"] and len(text[0]["answers"]) == 3
+    cap = p.caption([_png(COLORS["red"])], beam_size=2)
+    assert isinstance(cap[0]["caption"], str) and len(cap[0]["beams"]) == 2
+    dia = p.dialog([_png(COLORS["red"])], [[]], ["what color is it"], options=[names])
+    assert dia[0]["answer"] in names and len(dia[0]["ranking"]) == 3
+    with pytest.raises(ValueError, match=r"unknown dataset 'gqa'; this model serves"):
+        p.vqa([_png((0, 0, 0))], ["q"], dataset="gqa")
