@@ -39,13 +39,18 @@ def _train(model, batch, steps=150):
     model.eval()
 
 
-@pytest.fixture(scope="module")
-def color_release(tmp_path_factory):
+BAN_TINY = dict(embedding_dim=16, hidden_dim=32, num_glimpses=2, image_dim=32,
+                backbone="resnet18", freeze_backbone=True, classifier_dim=32, dropout=0.0)
+
+
+@pytest.fixture(scope="module", params=["pythia", "ban"])
+def color_release(request, tmp_path_factory):
     torch.manual_seed(0)
     vocab = Vocabulary.build(["what color is it"])
     space = AnswerSpace(["red", "blue", "green", "yes"])
     transform = ImageTransform(size=32)
-    model = create_model("pythia", vocab_size=len(vocab), num_answers=len(space), **TINY)
+    kwargs = TINY if request.param == "pythia" else BAN_TINY
+    model = create_model(request.param, vocab_size=len(vocab), num_answers=len(space), **kwargs)
     names = list(COLORS)
     images = torch.stack([transform(Image.open(io.BytesIO(_png(COLORS[n])))) for n in names])
     ids, n = vocab.encode("what color is it", max_length=14)
@@ -53,7 +58,7 @@ def color_release(tmp_path_factory):
     batch = {"image": images, "question_ids": ids.repeat(3, 1),
              "question_length": torch.full((3,), n), "targets": targets}
     _train(model, batch)
-    out = tmp_path_factory.mktemp("rel") / "pythia"
+    out = tmp_path_factory.mktemp("rel") / request.param
     save_pretrained(model, out, processors={"vocab": vocab, "answer_space": space,
                                             "image_transform": transform})
     return out
