@@ -14,7 +14,7 @@ from models.processors.text import BOS_ID, EOS_ID
 B, N, D = 6, 5, 12            # batch, regions, feature dim
 A, K, L = 7, 4, 6             # answers, OCR slots, question length
 V = 30                        # vocabulary
-R, O, LA = 2, 5, 5            # dialog rounds, options, answer length  # noqa: E741
+R, O, LA = 2, 100, 5          # dialog rounds, options (as VisDial), answer length  # noqa: E741
 
 COMMON = dict(embedding_dim=16, hidden_dim=24, image_dim=D, dropout=0.0)
 TINY = {
