@@ -114,6 +114,7 @@ def import_builtin_modules() -> None:
     """Import the modules whose import registers the built-in components."""
     importlib.import_module("training.data")
     importlib.import_module("training.evaluation")
+    importlib.import_module("training.optim")
 
 
 def import_user_modules(names: Iterable[str]) -> None:

@@ -60,3 +60,5 @@ def test_one_registry_per_kind_and_builtin_components_registered():
     assert {"vqa2", "textvqa", "vizwiz", "coco", "visdial"} <= set(DATASETS.names())
     assert {"vqa_accuracy", "caption_metrics", "visdial_ranking", "visdial_ndcg",
             "vizwiz_answerability"} <= set(METRICS.names())
+    assert {"adamax", "adamw", "sgd"} <= set(OPTIMIZERS.names())
+    assert {"pythia", "warmup_cosine", "warmup_linear", "constant"} <= set(SCHEDULERS.names())
