@@ -235,7 +235,7 @@ def _predict_shard(model: BaseModel, processors: dict[str, Any], ds: BaseDataset
     sampler = ShardSampler(len(ds), rank=rank, world_size=world)
     loader = DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                         collate_fn=collate, pin_memory=dev.type == "cuda")
-    decode = _decoder(model, processors, dataset, split, beam_size, max_length)
+    decode = output_decoder(model, processors, dataset, split, beam_size, max_length)
     model.eval()
     n = 0
     shard.parent.mkdir(parents=True, exist_ok=True)
@@ -256,9 +256,9 @@ def _predict_shard(model: BaseModel, processors: dict[str, Any], ds: BaseDataset
     return n
 
 
-def _decoder(model: BaseModel, processors: dict[str, Any], dataset: str, split: str,
-             beam_size: int, max_length: int) -> Callable[[dict[str, Any]], list[Row]]:
-    """Batch -> EvalAI rows for ``dataset``."""
+def output_decoder(model: BaseModel, processors: dict[str, Any], dataset: str, split: str,
+                   beam_size: int, max_length: int) -> Callable[[dict[str, Any]], list[Row]]:
+    """Batch -> EvalAI rows for ``dataset`` (also used by the trainer's evaluation)."""
     if dataset in ("vqa2", "textvqa", "vizwiz"):
         space = processors.get(f"answer_space_{dataset}", processors.get("answer_space"))
         if space is None:
