@@ -31,7 +31,7 @@ from models.base import BaseModel
 from models.layers.attention import masked_softmax
 from models.layers.classifier import logit_bce
 from models.layers.fusion import NonLinear, wn_linear
-from models.layers.image import FeatureEncoder, ResNetGridEncoder, encode_image
+from models.layers.image import encode_image
 from models.layers.text import SequenceEncoder, WordEmbedding, length_mask
 from models.pythia import VisualMixin, config_kwargs, load_files_from_config, question_lengths
 from models.registry import MODELS
@@ -98,9 +98,8 @@ class BAN(BaseModel, VisualMixin):
         self.rank = rank
         self.embedding = WordEmbedding(vocab_size=vocab_size, embedding_dim=embedding_dim)
         self.rnn = SequenceEncoder(input_dim=embedding_dim, hidden_dim=hidden_dim, rnn=rnn)
-        self.grid_encoder = (ResNetGridEncoder(backbone=backbone, freeze=freeze_backbone,
-                                               out_dim=image_dim) if backbone else None)
-        self.feature_encoder = FeatureEncoder(image_dim=image_dim, use_boxes=use_boxes)
+        self.build_visual(backbone=backbone, freeze_backbone=freeze_backbone,
+                          image_dim=image_dim, use_boxes=use_boxes)
         self.attention = BilinearAttentionMap(image_dim=image_dim, query_dim=hidden_dim,
                                               hidden_dim=hidden_dim * rank,
                                               num_glimpses=num_glimpses, dropout=dropout)

@@ -26,7 +26,7 @@ import torch
 
 from models.base import BaseModel
 from models.layers.decoder import AttentionLSTMDecoder, sequence_loss, trim
-from models.layers.image import FeatureEncoder, ResNetGridEncoder, encode_image
+from models.layers.image import encode_image
 from models.pythia import VisualMixin, config_kwargs
 from models.registry import MODELS
 
@@ -92,9 +92,8 @@ class BUTD(BaseModel, VisualMixin):
     ) -> None:
         super().__init__({k: v for k, v in locals().items() if k not in ("self", "__class__")})
         self.label_smoothing = label_smoothing
-        self.grid_encoder = (ResNetGridEncoder(backbone=backbone, freeze=freeze_backbone,
-                                               out_dim=image_dim) if backbone else None)
-        self.feature_encoder = FeatureEncoder(image_dim=image_dim, use_boxes=use_boxes)
+        self.build_visual(backbone=backbone, freeze_backbone=freeze_backbone,
+                          image_dim=image_dim, use_boxes=use_boxes)
         self.decoder = AttentionLSTMDecoder(vocab_size=vocab_size, embedding_dim=embedding_dim,
                                             hidden_dim=hidden_dim, image_dim=image_dim,
                                             attention_dim=attention_dim, dropout=dropout)

@@ -30,7 +30,7 @@ from models.base import BaseModel
 from models.layers.attention import TopDownAttention
 from models.layers.classifier import TwoBranchClassifier, logit_bce
 from models.layers.fusion import ProductFusion
-from models.layers.image import FeatureEncoder, ResNetGridEncoder, encode_image
+from models.layers.image import encode_image
 from models.layers.ocr import OCRTokenEncoder
 from models.processors.ocr import CHARSET
 from models.pythia import (
@@ -92,9 +92,8 @@ class LoRRA(BaseModel, VisualMixin):
                                         hidden_dim=hidden_dim, rnn=rnn,
                                         num_glimpses=num_glimpses)
         q_dim = self.question.out_dim
-        self.grid_encoder = (ResNetGridEncoder(backbone=backbone, freeze=freeze_backbone,
-                                               out_dim=image_dim) if backbone else None)
-        self.feature_encoder = FeatureEncoder(image_dim=image_dim, use_boxes=use_boxes)
+        self.build_visual(backbone=backbone, freeze_backbone=freeze_backbone,
+                          image_dim=image_dim, use_boxes=use_boxes)
         self.image_attention = TopDownAttention(image_dim=image_dim, query_dim=q_dim,
                                                 hidden_dim=attention_dim,
                                                 num_glimpses=image_glimpses, dropout=dropout)

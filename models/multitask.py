@@ -58,7 +58,7 @@ from models.layers.attention import TopDownAttention
 from models.layers.classifier import TwoBranchClassifier, logit_bce
 from models.layers.decoder import AttentionLSTMDecoder, sequence_loss, trim
 from models.layers.fusion import ProductFusion
-from models.layers.image import FeatureEncoder, ResNetGridEncoder, encode_image
+from models.layers.image import encode_image
 from models.layers.ocr import OCRTokenEncoder
 from models.lorra import MASKED_LOGIT
 from models.processors.ocr import CHARSET
@@ -214,9 +214,8 @@ class MultiTask(BaseModel, VisualMixin):
                                         hidden_dim=hidden_dim, rnn=rnn,
                                         num_glimpses=num_glimpses, dropout=dropout)
         q_dim = self.question.out_dim
-        self.grid_encoder = (ResNetGridEncoder(backbone=backbone, freeze=freeze_backbone,
-                                               out_dim=image_dim) if backbone else None)
-        self.feature_encoder = FeatureEncoder(image_dim=image_dim, use_boxes=use_boxes)
+        self.build_visual(backbone=backbone, freeze_backbone=freeze_backbone,
+                          image_dim=image_dim, use_boxes=use_boxes)
 
         # -- VQA: shared attention + fusion, one classifier per answer space ---------------
         self.image_attention = TopDownAttention(image_dim=image_dim, query_dim=q_dim,

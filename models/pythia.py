@@ -138,9 +138,18 @@ def load_files_from_config(model: nn.Module, model_cfg: Mapping[str, Any],
 
 
 class VisualMixin(nn.Module):
-    """Shared by the VQA families: the optional grid backbone and the feature encoder."""
+    """Shared by every family: the optional grid backbone and the feature encoder."""
 
     grid_encoder: ResNetGridEncoder | None
+    feature_encoder: FeatureEncoder
+
+    def build_visual(self, *, backbone: str | None, freeze_backbone: bool, image_dim: int,
+                     use_boxes: bool) -> None:
+        """Create ``grid_encoder`` (raw images, only with a ``backbone``) and
+        ``feature_encoder`` (precomputed or grid features -> (B, N, image_dim))."""
+        self.grid_encoder = (ResNetGridEncoder(backbone=backbone, freeze=freeze_backbone,
+                                               out_dim=image_dim) if backbone else None)
+        self.feature_encoder = FeatureEncoder(image_dim=image_dim, use_boxes=use_boxes)
 
     def backbone_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters of the image backbone (for a lower learning rate); empty without one."""
@@ -185,9 +194,8 @@ class Pythia(BaseModel, VisualMixin):
                                         hidden_dim=hidden_dim, rnn=rnn,
                                         num_glimpses=num_glimpses)
         q_dim = self.question.out_dim
-        self.grid_encoder = (ResNetGridEncoder(backbone=backbone, freeze=freeze_backbone,
-                                               out_dim=image_dim) if backbone else None)
-        self.feature_encoder = FeatureEncoder(image_dim=image_dim, use_boxes=use_boxes)
+        self.build_visual(backbone=backbone, freeze_backbone=freeze_backbone,
+                          image_dim=image_dim, use_boxes=use_boxes)
         self.image_attention = TopDownAttention(image_dim=image_dim, query_dim=q_dim,
                                                 hidden_dim=attention_dim,
                                                 num_glimpses=image_glimpses, dropout=dropout)

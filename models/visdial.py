@@ -43,7 +43,7 @@ from torch import nn
 from models.base import BaseModel
 from models.layers.attention import TopDownAttention
 from models.layers.decoder import PAD_ID, AttentionLSTMDecoder, sequence_loss, trim
-from models.layers.image import FeatureEncoder, ResNetGridEncoder, encode_image
+from models.layers.image import encode_image
 from models.layers.text import SequenceEncoder, WordEmbedding
 from models.pythia import VisualMixin, config_kwargs
 from models.registry import MODELS
@@ -122,9 +122,8 @@ class VisDial(BaseModel, VisualMixin):
         self.embedding = WordEmbedding(vocab_size=vocab_size, embedding_dim=embedding_dim)
         self.question_rnn = SequenceEncoder(input_dim=embedding_dim, hidden_dim=hidden_dim)
         self.history_rnn = SequenceEncoder(input_dim=embedding_dim, hidden_dim=hidden_dim)
-        self.grid_encoder = (ResNetGridEncoder(backbone=backbone, freeze=freeze_backbone,
-                                               out_dim=image_dim) if backbone else None)
-        self.feature_encoder = FeatureEncoder(image_dim=image_dim, use_boxes=use_boxes)
+        self.build_visual(backbone=backbone, freeze_backbone=freeze_backbone,
+                          image_dim=image_dim, use_boxes=use_boxes)
         self.image_attention = TopDownAttention(image_dim=image_dim, query_dim=hidden_dim,
                                                 hidden_dim=attention_dim, dropout=dropout)
         self.fusion = nn.Sequential(nn.Dropout(dropout),
