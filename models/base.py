@@ -11,6 +11,10 @@
   sizes, answer space size, ...) and returns the model.
 * ``config_defaults`` declares the family's config keys (layer 2 of ``training.config``).
 * ``tasks`` names what the family serves: "vqa", "textvqa", "caption", "dialog".
+* ``multi_dataset``: True for a family trained on several datasets at once; its
+  ``from_config`` takes ``training.data.build_multitask_processors``' set (one shared
+  ``vocab``, ``answer_space_<dataset>`` per VQA dataset, ...) and its ``forward`` routes on
+  ``batch["dataset"]``. The others take one dataset's processors.
 * ``forward(batch: dict) -> dict``: the batch is what ``training.data.collate`` produces; the
   output always holds the predictions of the family's task (documented per family, with
   shapes) and ``"loss"`` (a scalar tensor) when the batch has targets.
@@ -28,6 +32,7 @@ from torch import nn
 class BaseModel(nn.Module):
     family: ClassVar[str] = ""
     tasks: ClassVar[tuple[str, ...]] = ()
+    multi_dataset: ClassVar[bool] = False
     config_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, hparams: Mapping[str, Any]) -> None:

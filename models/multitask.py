@@ -145,6 +145,7 @@ class _OCRHead(nn.Module):
 class MultiTask(BaseModel, VisualMixin):
     family = "multitask"
     tasks = ("vqa", "textvqa", "caption", "dialog")
+    multi_dataset = True
     config_defaults: ClassVar[dict[str, Any]] = {
         "ocr_datasets": ["textvqa"], "caption_datasets": ["coco"],
         "dialog_datasets": ["visdial"],

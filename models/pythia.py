@@ -111,12 +111,22 @@ def question_lengths(batch: Mapping[str, Any]) -> torch.Tensor:
     return torch.as_tensor(length)
 
 
+def _plain(value: Any) -> Any:
+    """An OmegaConf list/dict as plain Python (hyper-parameters must be JSON-serializable)."""
+    if hasattr(value, "_metadata"):  # a DictConfig/ListConfig, without importing omegaconf
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
 def config_kwargs(cls: type, model_cfg: Mapping[str, Any], **derived: Any) -> dict[str, Any]:
     """Constructor kwargs of ``cls`` read from a ``model`` config node; ``derived`` (sizes
     from the processors) wins over the config. Keys the constructor does not take (``name``,
     ``image_size``, file paths) are skipped."""
     params = inspect.signature(cls).parameters
-    kwargs = {k: model_cfg[k] for k in model_cfg if k in params and model_cfg[k] is not None}
+    kwargs = {k: _plain(model_cfg[k]) for k in model_cfg
+              if k in params and model_cfg[k] is not None}
     kwargs.update(derived)
     return kwargs
 

@@ -59,7 +59,7 @@ from models.processors.answers import UNK_ANSWER
 from models.release import load
 from training import dist as tdist
 from training.config import load_config
-from training.data import ShardSampler, build_dataset, collate
+from training.data import ShardSampler, build_dataset, collate, processors_for
 from training.data.base import BaseDataset
 from training.evaluation import evalai
 from training.evaluation.visdial import scores_to_ranks
@@ -205,10 +205,7 @@ def _check_serves(model: BaseModel, dataset: str) -> None:
 
 def _build_dataset(dataset: str, data_dir: str | os.PathLike[str], split: str,
                    processors: dict[str, Any]) -> BaseDataset:
-    procs = dict(processors)
-    space = procs.get(f"answer_space_{dataset}")
-    if space is not None:
-        procs["answer_space"] = space
+    procs = processors_for(processors, dataset)
     transform = procs.get("image_transform")
     size = int(getattr(transform, "size", 224) or 224)
     cfg = load_config(None, [f"datasets.{dataset}.data_dir={data_dir}",

@@ -42,7 +42,7 @@ from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -62,8 +62,10 @@ from training.data import (
     MultiTaskBatchSampler,
     ShardSampler,
     build_dataset,
+    build_multitask_processors,
     build_processors,
     collate,
+    processors_for,
 )
 from training.evaluation.evaluators import Evaluator, evaluators_for
 from training.optim import build_optimizer, build_scheduler, clip_gradients, current_lrs
@@ -193,9 +195,13 @@ class Trainer:
         names = [str(n) for n in (cfg.datasets or {})]
         if not names:
             raise ConfigError("no dataset configured: add e.g. datasets.vqa2.data_dir=DIR")
-        if len(names) > 1:
-            raise ConfigError(f"several datasets {names}: multi-task training is not supported "
-                              "by this trainer yet; train one dataset at a time")
+        self.family = cast(type[BaseModel], MODELS.get(str(cfg.model.name)))
+        if len(names) > 1 and not self.family.multi_dataset:
+            multi = [n for n in MODELS.names() if getattr(MODELS.get(n), "multi_dataset", False)]
+            raise ConfigError(
+                f"model.name={cfg.model.name!r} trains on one dataset but {len(names)} are "
+                f"configured ({', '.join(names)}); keep one, or use a multi-task family "
+                f"({', '.join(multi)})")
         self.dataset_names = names
         if str(tc.precision) not in PRECISIONS:
             raise ConfigError(f"trainer.precision={tc.precision!r}; use one of "
@@ -227,13 +233,16 @@ class Trainer:
         # same weights (DDP broadcasts rank 0's anyway); per-rank streams after that.
         seed_everything(int(tc.seed))
         self._build_data()
-        family: Any = MODELS.get(str(cfg.model.name))
-        self.model: BaseModel = family.from_config(cfg.model, self.processors).to(self.device)
+        self.model: BaseModel = self.family.from_config(cfg.model, self.processors
+                                                        ).to(self.device)
         self.ddp: nn.Module = self.model
         if self.world > 1:
+            # A multi-task batch uses one route (a VQA batch leaves the caption decoder
+            # idle), so DDP must look for unused parameters whatever the config says.
             self.ddp = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=bool(tc.find_unused_parameters))
+                find_unused_parameters=bool(tc.find_unused_parameters)
+                or bool(self.family.multi_dataset))
         try:
             self.optimizer = build_optimizer(self.model, cfg.optimizer)
             self.scheduler = build_scheduler(self.optimizer, _scheduler_cfg(cfg.scheduler),
@@ -254,20 +263,33 @@ class Trainer:
 
     # -- data ---------------------------------------------------------------------------------
     def _build_data(self) -> None:
+        """Processors, training sets (in ``datasets`` order) and validation sets.
+
+        A multi-dataset family gets one processor set over all datasets (shared vocabulary,
+        an answer space per VQA dataset: ``build_multitask_processors``); each reader then
+        sees its own view of it (``processors_for``).
+        """
         cfg = self.cfg
+        self.train_sets: list[BaseDataset] = []
+        self.val: dict[str, BaseDataset] = {}
         name = self.dataset_names[0]
         try:
-            self.processors: dict[str, Any] = build_processors(cfg, name)
-            train = build_dataset(cfg, name, str(cfg.datasets[name].get("train_split", "train")),
-                                  self.processors)
-            val_split = cfg.datasets[name].get("val_split", "val")
-            self.val: dict[str, BaseDataset] = {}
-            if val_split:
-                self.val[name] = build_dataset(cfg, name, str(val_split), self.processors)
+            if self.family.multi_dataset:
+                self.processors: dict[str, Any] = build_multitask_processors(
+                    cfg, self.dataset_names)
+            else:
+                self.processors = build_processors(cfg, name)
+            for name in self.dataset_names:
+                d = cfg.datasets[name]
+                procs = processors_for(self.processors, name)
+                self.train_sets.append(build_dataset(cfg, name, str(d.get("train_split",
+                                                                          "train")), procs))
+                val_split = d.get("val_split", "val")
+                if val_split:
+                    self.val[name] = build_dataset(cfg, name, str(val_split), procs)
         except (OSError, ValueError) as exc:  # DatasetError is a ValueError
             raise TrainError(f"dataset {name!r} (data_dir "
                              f"{cfg.datasets[name].get('data_dir')!r}): {exc}") from exc
-        self.train_sets: list[BaseDataset] = [train]
         self.concat: ConcatDataset[Any] = ConcatDataset(self.train_sets)
         self.sampler = MultiTaskBatchSampler(
             [len(d) for d in self.train_sets], batch_size=self.micro_batch,
