@@ -217,6 +217,17 @@ class Trainer:
 
         self.device = resolve_train_device(str(tc.device))
         self.owns_group = setup_distributed(self.device)
+        try:
+            self._setup()
+        except BaseException:
+            # A rank that cannot start (bad config, missing data) must not leave the process
+            # group behind: the launcher then sees an error, not a hang at the next collective.
+            if self.owns_group and dist.is_initialized():
+                dist.destroy_process_group()
+            raise
+
+    def _setup(self) -> None:
+        cfg, tc = self.cfg, self.cfg.trainer
         self.rank, self.world = tdist.get_rank(), tdist.get_world_size()
         self.accumulate = int(tc.accumulate)
         self.micro_batch = micro_batch_size(int(tc.batch_size), self.world, self.accumulate)
@@ -581,13 +592,14 @@ class Trainer:
             # A signal is seen by this rank only; agree on it so every rank stops together.
             stop_now = any(s is not None for s in tdist.all_gather_object(self._stop_signal)) \
                 if self.world > 1 else self._stop_signal is not None
-            if self.update % int(tc.checkpoint_every) == 0 or last or stop_now:
-                self.save_checkpoint("current")
             if stop_now:
+                self.save_checkpoint("current")
                 stopped = "signal"
                 self.log({"event": "stopped", "reason": "signal", "signal": self._stop_signal})
                 break
-            # Evaluate after checkpointing, so a failure in evaluation still leaves a checkpoint.
+            # Evaluate before the periodic checkpoint of the same update, so that checkpoint
+            # holds this evaluation's early-stopping state (a resume never re-runs it).
+            early_stop = False
             if self.update % int(tc.eval_every) == 0 or last:
                 metrics = self.evaluate()
                 self.last_metrics = metrics
@@ -596,12 +608,14 @@ class Trainer:
                 if improved:
                     self.save_checkpoint("best")
                 patience = int(tc.early_stop.patience)
-                if patience and self.bad_evals >= patience:
-                    stopped = "early_stop"
-                    self.log({"event": "stopped", "reason": "early_stop",
-                              "best_update": self.best_update, "best": self.best})
-                    self.save_checkpoint("current")  # holds the early-stopping state
-                    break
+                early_stop = bool(patience) and self.bad_evals >= patience
+            if self.update % int(tc.checkpoint_every) == 0 or last or early_stop:
+                self.save_checkpoint("current")
+            if early_stop:
+                stopped = "early_stop"
+                self.log({"event": "stopped", "reason": "early_stop",
+                          "best_update": self.best_update, "best": self.best})
+                break
         bar.close()
         if stopped == "signal":
             return {"update": self.update, "stopped": stopped, "metrics": self.last_metrics,

@@ -168,3 +168,35 @@ def test_ddp_two_gloo_ranks_match_one_process(data_root: Path, tmp_path: Path) -
     la = [r["loss"] for r in _records(one, "train")]
     lb = [r["loss"] for r in _records(two, "train")]
     assert len(lb) == 6 and lb == pytest.approx(la, rel=1e-3)
+
+
+def test_checkpoint_holds_the_same_updates_evaluation(data_root: Path, tmp_path: Path) -> None:
+    # Evaluation and checkpoint fall on the same updates: the checkpoint must carry that
+    # evaluation's early-stopping state, or a resume from it would forget the evaluation.
+    run = tmp_path / "run"
+    assert main(_args(data_root, run, "trainer.max_updates=6", "trainer.eval_every=3",
+                      "trainer.checkpoint_every=3", "trainer.early_stop.metric=vqa2/loss",
+                      "trainer.early_stop.mode=min")) == 0
+    losses = [r["vqa2/loss"] for r in _records(run, "eval")]
+    assert len(losses) == 2
+    state = torch.load(run / "checkpoints" / "current.pt", map_location="cpu",
+                       weights_only=False)
+    best = min(range(2), key=lambda i: losses[i])
+    assert state["early_stop"]["best"] == pytest.approx(losses[best])
+    assert state["early_stop"]["best_update"] == 3 * (best + 1)
+    assert state["early_stop"]["bad_evals"] == (1 if best == 0 else 0)
+
+
+def test_failed_start_releases_the_process_group(tmp_path: Path) -> None:
+    # Two ranks, a data_dir that does not exist: both exit 1 with the error, neither hangs.
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(repo / "training" / "train.py"), *_args(tmp_path / "nowhere", tmp_path / "run")],
+        cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert proc.stderr.count("error: dataset 'vqa2'") == 2, proc.stderr[-3000:]
