@@ -28,11 +28,14 @@ test: lint
 data: install
 	$(PY) -m training.data.shapes --out $(DATA_DIR)
 
-# Until the service issue lands, the main job is the ShapesWorld generator: it writes the
-# demo data every other part reads.
-serve: data
-	@echo "ShapesWorld written to $(DATA_DIR). The HTTP service (service/) is not built yet:"
-	@echo "'make serve' generates the demo data until the service issue lands."
+# The main job: serve the ShapesWorld multi-task demo model, trained by our own trainer on
+# first use (a few minutes on CPU) and cached in $(DEMO_RUN)/release.
+DEMO_RUN ?= runs/demo
+HOST ?= 127.0.0.1
+PORT ?= 8000
+serve: install
+	$(PY) -m service.demo --run-dir $(DEMO_RUN) --data-dir $(DATA_DIR)
+	$(PY) -m service --model demo=$(DEMO_RUN)/release --host $(HOST) --port $(PORT)
 
 bench: install
 	$(PY) bench/data.py

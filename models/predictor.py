@@ -38,7 +38,10 @@ from models.processors.answers import UNK_ANSWER
 from models.processors.ocr_engine import OCREngine, OCRWord
 from models.release import load
 
-ImageInput = Image.Image | bytes
+#: An encoded image (bytes), a PIL image, or pixels already through ``Predictor.preprocess``
+#: (a (3, S, S) float tensor at the release's transform size: what a server prepares in its
+#: decoding threads so the inference thread only stacks them).
+ImageInput = Image.Image | bytes | torch.Tensor
 
 # The dataset a task's head was trained on, by default. A multi-task model keeps one answer
 # space per dataset (processor ``answer_space_<dataset>``) and routes on ``batch["dataset"]``;
@@ -103,15 +106,30 @@ class Predictor:
                              f"(it has {known})")
         return space
 
-    def _pil(self, images: Sequence[ImageInput]) -> list[Image.Image]:
-        return [img if isinstance(img, Image.Image) else load_image(img) for img in images]
+    def _pil(self, images: Sequence[ImageInput]) -> list[Image.Image | torch.Tensor]:
+        return [img if isinstance(img, (Image.Image, torch.Tensor)) else load_image(img)
+                for img in images]
 
-    def _pixels(self, pil: Sequence[Image.Image]) -> torch.Tensor:
+    def preprocess(self, image: Image.Image | bytes) -> torch.Tensor:
+        """The release's transform of one image: (3, S, S) float32, ready to be batched (an
+        ``ImageInput`` every task takes)."""
+        return self.transform(image if isinstance(image, Image.Image) else load_image(image))
+
+    def _pixels(self, pil: Sequence[Image.Image | torch.Tensor]) -> torch.Tensor:
         if getattr(self.model, "grid_encoder", None) is None:
             raise ValueError(f"this {self.model.family!r} release was trained on precomputed "
                              "features only (no image backbone), so it cannot take raw images")
-        batch = torch.stack([self.transform(img) for img in pil])     # (B, 3, S, S)
-        return batch.to(self.device, non_blocking=True)
+        size = (3, self.transform.size, self.transform.size)
+        pixels = []
+        for img in pil:
+            if isinstance(img, torch.Tensor):
+                if tuple(img.shape) != size:
+                    raise ValueError(f"a preprocessed image must be {size}, got "
+                                     f"{tuple(img.shape)}")
+                pixels.append(img)
+            else:
+                pixels.append(self.transform(img))
+        return torch.stack(pixels).to(self.device, non_blocking=True)     # (B, 3, S, S)
 
     def _questions(self, questions: Sequence[str]) -> dict[str, torch.Tensor]:
         vocab = self.processors["vocab"]
@@ -160,11 +178,11 @@ class Predictor:
                  for v, j in zip(vs, js, strict=True)]
                 for vs, js in zip(values.tolist(), idx.tolist(), strict=True)]
 
-    def ocr(self, image: ImageInput) -> list[OCRWord]:
+    def ocr(self, image: Image.Image | bytes) -> list[OCRWord]:
         """The words rapidocr reads in an image (engine loaded on first use)."""
         if self._ocr is None:
             self._ocr = OCREngine()
-        return self._ocr(self._pil([image])[0])
+        return self._ocr(image if isinstance(image, Image.Image) else load_image(image))
 
     def textvqa(
         self,
@@ -188,7 +206,9 @@ class Predictor:
         processor = self.processors["ocr"]
         per_image = []
         for i, img in enumerate(pil):
-            words = ocr[i] if ocr is not None else self.ocr(img)
+            if ocr is None and isinstance(img, torch.Tensor):
+                raise ValueError("a preprocessed image cannot be read by OCR: pass ocr=")
+            words = ocr[i] if ocr is not None else self.ocr(img)  # type: ignore[arg-type]
             tokens = [w.word if isinstance(w, OCRWord) else str(w[0]) for w in words]
             boxes = [list(w.box) if isinstance(w, OCRWord) else [float(v) for v in w[1]]
                      for w in words]
@@ -253,6 +273,10 @@ class Predictor:
         if options is not None and len(options) != len(images):
             raise ValueError(f"{len(images)} images but options for {len(options)}")
         pil = self._pil(images)
+        free_form = options is None or any(not o for o in options)
+        if free_form and not callable(getattr(self.model, "generate_answers", None)):
+            raise ValueError(f"this {self.model.family!r} model ranks candidate answers only "
+                             "(no generative decoder): send options")
         out = []
         for i, img in enumerate(pil):
             opts = list(options[i]) if options is not None else None
@@ -271,7 +295,8 @@ class Predictor:
                     out.append({"answer": self.processors["vocab"].decode(gen[0][-1])})
         return out
 
-    def _dialog_batch(self, image: Image.Image, history: Sequence[Mapping[str, str]],
+    def _dialog_batch(self, image: Image.Image | torch.Tensor,
+                      history: Sequence[Mapping[str, str]],
                       question: str, caption: str, options: list[str] | None
                       ) -> dict[str, Any]:
         """One dialog as the VisDial reader lays it out (``training/data/visdial.py``): R =

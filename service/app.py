@@ -1,0 +1,641 @@
+"""The HTTP service: ``create_app(settings, models)`` returns the FastAPI application.
+
+Routes (see the README for curl examples):
+
+* ``POST /vqa``, ``/textvqa``, ``/caption``, ``/dialog``: multipart/form-data (an ``image``
+  file and text fields; list fields as JSON text) or application/json (``image`` as base64);
+* ``GET /models``, ``/healthz``, ``/readyz``, ``/metrics`` (Prometheus), ``/docs``, and the
+  demo page at ``/``.
+
+Every error is ``{"error": {"code", "message"}}`` with a 4xx status (5xx only for 503 not
+ready / draining and 504 deadline): 400 malformed JSON or base64, 401 missing/wrong API key,
+404 unknown route, model, task or answer head, 405 wrong method, 413 upload or pixels over
+the limit, 415 image format or content type not accepted, 422 a field missing or out of
+range (the message names it), 429 the model's queue is full (with ``Retry-After``).
+
+A request's path: its body is read under a size cap (``BodyLimit``), its fields validated,
+then the image is decoded and preprocessed in a decoding thread (never on the event loop)
+while the model's engine knows it is coming (``Batcher.announce``), then it is queued and
+awaited with its deadline; a client that disconnects first has its item dropped from the
+queue. Responses carry ``timing_ms``: ``queue`` (submitted -> its batch began), ``inference``
+(its batch's model time) and ``total`` (request received -> response).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import math
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from PIL import Image
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.engine import Batcher, DeadlineExceeded, Overloaded, ShuttingDown
+from service.images import ImageError, decode_base64_image, decode_image
+from service.runners import Job, LoadedModel, TaskError
+from service.settings import Settings
+
+__all__ = ["ApiError", "ServiceState", "create_app"]
+
+STATIC = Path(__file__).resolve().parent / "static"
+JSON_OVERHEAD = 64 * 1024  # allowance for the non-image fields of a request body
+ROUTE_LABELS = {"/vqa", "/textvqa", "/caption", "/dialog", "/models", "/metrics", "/healthz",
+                "/readyz", "/"}
+OPEN_PATHS = {"/", "/healthz", "/readyz", "/docs", "/openapi.json", "/docs/oauth2-redirect"}
+
+
+class ApiError(Exception):
+    """An error response: ``{"error": {"code", "message"}}`` with ``status``."""
+
+    def __init__(self, status: int, code: str, message: str,
+                 headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.headers = dict(headers or {})
+
+
+def error_response(status: int, code: str, message: str,
+                   headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status,
+                        headers=dict(headers or {}))
+
+
+# -- request fields -------------------------------------------------------------------------------
+class _Common(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    model: str | None = Field(None, max_length=128)
+
+
+class _Question(_Common):
+    question: str
+    top_k: int = Field(5, ge=1, le=100)
+    dataset: str | None = Field(None, max_length=64)
+
+
+class OCRToken(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    word: str = Field(min_length=1, max_length=100)
+    box: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # relative x1, y1, x2, y2
+
+    @field_validator("box")
+    @classmethod
+    def _relative(cls, box: tuple[float, float, float, float]
+                  ) -> tuple[float, float, float, float]:
+        if not all(math.isfinite(v) and -0.01 <= v <= 1.01 for v in box):
+            raise ValueError("box values must be relative coordinates in [0, 1]")
+        return box
+
+
+class VQAParams(_Question):
+    pass
+
+
+class TextVQAParams(_Question):
+    ocr_tokens: list[OCRToken] | None = Field(None, max_length=200)
+
+
+class CaptionParams(_Common):
+    beam_size: int = Field(1, ge=1, le=10)
+    max_length: int = Field(20, ge=1, le=50)
+
+
+class Turn(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    question: str = Field(max_length=1000)
+    answer: str = Field(max_length=1000)
+
+
+class DialogParams(_Common):
+    question: str
+    caption: str = Field("", max_length=1000)
+    history: list[Turn] = Field(default_factory=list, max_length=20)
+    options: list[str] | None = Field(None, min_length=1, max_length=100)
+
+
+PARAMS: dict[str, type[_Common]] = {"vqa": VQAParams, "textvqa": TextVQAParams,
+                                    "caption": CaptionParams, "dialog": DialogParams}
+# Multipart text fields that carry JSON (lists and objects)
+JSON_FIELDS = {"ocr_tokens", "history", "options"}
+
+
+def _field_errors(exc: ValidationError | RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "request"
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+# -- body size limit ------------------------------------------------------------------------------
+class BodyLimit:
+    """ASGI middleware: request bodies over ``max_bytes`` get 413 (by Content-Length before
+    anything is read, or as soon as a streamed body passes the limit)."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: MutableMapping[str, Any],
+                       receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
+                       send: Callable[[MutableMapping[str, Any]], Awaitable[None]]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_bytes
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = -1
+                if declared > limit:
+                    response = error_response(413, "payload_too_large",
+                                              f"request body of {declared} bytes is over the "
+                                              f"limit of {limit} bytes")
+                    await response(scope, receive, send)
+                    return
+        seen = 0
+
+        async def limited() -> MutableMapping[str, Any]:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise ApiError(413, "payload_too_large",
+                                   f"request body is over the limit of {limit} bytes")
+            return message
+
+        await self.app(scope, limited, send)
+
+
+class Observe:
+    """ASGI middleware: the API key check, in-flight count and request metrics (plain ASGI,
+    not ``BaseHTTPMiddleware``: no extra task per request, and disconnects reach the route)."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], state: ServiceState) -> None:
+        self.app, self.state = app, state
+        key = state.settings.api_key
+        self.key = key.get_secret_value().encode() if key is not None else None
+
+    async def __call__(self, scope: MutableMapping[str, Any],
+                       receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
+                       send: Callable[[MutableMapping[str, Any]], Awaitable[None]]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        metrics = self.state.metrics
+        label = path if path in ROUTE_LABELS else "other"
+        if self.key is not None and path not in OPEN_PATHS and not self._authorized(scope):
+            response = error_response(401, "unauthorized", "missing or wrong API key: send "
+                                      "'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
+                                      {"WWW-Authenticate": "Bearer"})
+            metrics.requests.labels(label, "401").inc()
+            await response(scope, receive, send)
+            return
+        status = 500
+
+        async def record(message: MutableMapping[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        t0 = time.perf_counter()
+        self.state.in_flight += 1
+        metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, record)
+        finally:
+            self.state.in_flight -= 1
+            metrics.in_flight.dec()
+            metrics.requests.labels(label, str(status)).inc()
+            metrics.latency.labels(label).observe(time.perf_counter() - t0)
+
+    def _authorized(self, scope: MutableMapping[str, Any]) -> bool:
+        given = b""
+        for name, value in scope.get("headers", ()):
+            if name == b"x-api-key" and not given:
+                given = value.strip()
+            elif name == b"authorization" and value[:7].lower() == b"bearer ":
+                given = value[7:].strip()
+        assert self.key is not None
+        return bool(given) and hmac.compare_digest(given, self.key)
+
+
+# -- metrics --------------------------------------------------------------------------------------
+class Metrics:
+    """Prometheus metrics in a registry of the app's own (several apps in one process stay
+    apart)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("pythia_requests_total", "HTTP requests by route and status",
+                                ["route", "status"], registry=r)
+        self.latency = Histogram("pythia_request_seconds", "Request latency by route", ["route"],
+                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
+                                          10, 30), registry=r)
+        self.queue_depth = Gauge("pythia_queue_depth", "Requests queued per model", ["model"],
+                                 registry=r)
+        self.batch_size = Histogram("pythia_batch_size", "Items per model call", ["model"],
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
+        self.inference = Histogram("pythia_inference_seconds", "Model time per batch",
+                                   ["model", "task"],
+                                   buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                                            0.5, 1, 2.5, 5), registry=r)
+        self.in_flight = Gauge("pythia_requests_in_flight", "Requests being served",
+                               registry=r)
+
+
+def _depth_of(engine: Batcher) -> Callable[[], float]:
+    return lambda: float(engine.depth)
+
+
+# -- state ----------------------------------------------------------------------------------------
+class ServiceState:
+    """What the routes share: models, engines, the decoding pool, readiness."""
+
+    def __init__(self, settings: Settings, models: Mapping[str, LoadedModel]) -> None:
+        self.settings = settings
+        self.models = dict(models)
+        self.metrics = Metrics()
+        self.engines: dict[str, Batcher] = {}
+        self.pool: ThreadPoolExecutor | None = None
+        self.draining = False
+        self.started = False
+        self.in_flight = 0
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        s = self.settings
+        self.pool = ThreadPoolExecutor(s.decode_threads, thread_name_prefix="decode")
+        for name, entry in self.models.items():
+            def on_batch(key: Any, size: int, seconds: float, name: str = name) -> None:
+                self.metrics.batch_size.labels(name).observe(size)
+                self.metrics.inference.labels(name, str(key[0])).observe(seconds)
+
+            engine = Batcher(entry.runner.predict, max_batch_size=s.max_batch_size,
+                             max_wait_ms=s.max_wait_ms, queue_size=s.queue_size, name=name,
+                             on_batch=on_batch)
+            self.engines[name] = engine.start()
+            self.metrics.queue_depth.labels(name).set_function(_depth_of(engine))
+        self.started = True
+
+    def stop(self) -> None:
+        """Drain: refuse new work, finish what is queued, stop the threads."""
+        self.draining = True
+        for engine in self.engines.values():
+            engine.stop(drain=True, timeout=self.settings.request_timeout_s)
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def ready(self) -> tuple[bool, str]:
+        if self.draining:
+            return False, "draining: the service is shutting down"
+        if not self.started or not self.models:
+            return False, "no model loaded yet"
+        dead = [n for n, e in self.engines.items() if not e.alive]
+        if dead:
+            return False, f"inference thread not running for {dead}"
+        return True, "ready"
+
+    def pick(self, task: str, name: str | None) -> LoadedModel:
+        if name is not None:
+            entry = self.models.get(name)
+            if entry is None:
+                raise ApiError(404, "model_not_found",
+                               f"no model named {name!r}; loaded: {sorted(self.models)}")
+            return entry
+        for entry in self.models.values():
+            if task in entry.runner.tasks:
+                return entry
+        raise ApiError(404, "task_not_served",
+                       f"no loaded model serves {task!r}; loaded: "
+                       f"{ {n: list(m.runner.tasks) for n, m in self.models.items()} }")
+
+
+# -- request parsing ------------------------------------------------------------------------------
+async def _read_fields(request: Request, max_upload: int) -> tuple[bytes | str, dict[str, Any]]:
+    """(image bytes or base64 text, the other fields) from a multipart or JSON body."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        try:
+            form = await request.form(max_files=1, max_fields=16, max_part_size=1024 * 1024)
+        except ApiError:
+            raise
+        except Exception as exc:  # starlette/python-multipart parse errors
+            raise ApiError(400, "invalid_multipart", f"malformed multipart body: {exc}"
+                           ) from None
+        fields: dict[str, Any] = {}
+        image: bytes | str | None = None
+        for key, value in form.multi_items():
+            if key == "image":
+                if isinstance(value, UploadFile):
+                    image = await value.read(max_upload + 1)
+                else:
+                    image = value  # a text field: base64
+            elif isinstance(value, UploadFile):
+                raise ApiError(422, "invalid_field", f"{key}: a file where text was expected")
+            elif key in fields:
+                raise ApiError(422, "invalid_field", f"{key}: given more than once")
+            elif key in JSON_FIELDS:
+                try:
+                    fields[key] = json.loads(value)
+                except json.JSONDecodeError as exc:
+                    raise ApiError(400, "invalid_json",
+                                   f"{key}: not valid JSON ({exc.msg} at {exc.pos})") from None
+            else:
+                fields[key] = value
+        await form.close()
+    elif ctype == "application/json":
+        body = await request.body()
+        try:
+            data = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, "invalid_json", "the body must be a JSON object")
+        image = data.pop("image", None)
+        if image is not None and not isinstance(image, str):
+            raise ApiError(422, "invalid_field", "image: base64 text expected")
+        fields = data
+    else:
+        raise ApiError(415, "unsupported_content_type",
+                       f"content type {ctype or 'none'!r}: send multipart/form-data (an "
+                       "'image' file) or application/json (a base64 'image')")
+    if image is None or (isinstance(image, (bytes, str)) and len(image) == 0):
+        raise ApiError(422, "missing_image", "image: required (a file or base64 text)")
+    return image, fields
+
+
+def _validate(task: str, fields: dict[str, Any], max_chars: int) -> _Common:
+    try:
+        params = PARAMS[task].model_validate(fields)
+    except ValidationError as exc:
+        raise ApiError(422, "invalid_field", _field_errors(exc)) from None
+    question = getattr(params, "question", None)
+    if question is not None:
+        q = question.strip()
+        if not q:
+            raise ApiError(422, "empty_question", "question: must not be empty")
+        if len(q) > max_chars:
+            raise ApiError(422, "question_too_long",
+                           f"question: {len(q)} characters, the limit is {max_chars}")
+        params.question = q  # type: ignore[attr-defined]
+    return params
+
+
+def _decode(image: bytes | str, s: Settings, size: int) -> Image.Image:
+    if isinstance(image, bytes):
+        return decode_image(image, max_bytes=s.max_upload_bytes, max_pixels=s.max_image_pixels,
+                            target_size=size)
+    return decode_base64_image(image, max_bytes=s.max_upload_bytes,
+                               max_pixels=s.max_image_pixels, target_size=size)
+
+
+async def _until_disconnect(receive: Callable[[], Awaitable[MutableMapping[str, Any]]]
+                            ) -> None:
+    """Returns when the client has gone (the body is already read)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+# -- the app --------------------------------------------------------------------------------------
+def create_app(settings: Settings, models: Mapping[str, LoadedModel]) -> FastAPI:
+    """The app over already loaded ``models`` ({name: LoadedModel}); engines start with the
+    app's lifespan and drain when it ends."""
+    state = ServiceState(settings, models)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state.start()
+        try:
+            yield
+        finally:
+            await asyncio.get_running_loop().run_in_executor(None, state.stop)
+
+    app = FastAPI(title="Pythia", version="0.1.0", lifespan=lifespan,
+                  description="Visual question answering, TextVQA, captioning and visual "
+                              "dialog over Pythia release checkpoints.")
+    app.state.service = state
+    body_limit = math.ceil(settings.max_upload_bytes * 4 / 3) + JSON_OVERHEAD
+    app.add_middleware(BodyLimit, max_bytes=body_limit)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(422, "invalid_field", _field_errors(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail),
+                              getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Never a stack trace to the client; the server log has it.
+        import logging
+
+        logging.getLogger("pythia.service").exception("unexpected error on %s", request.url.path)
+        return error_response(500, "internal_error", "internal error; see the server log")
+
+    app.add_middleware(Observe, state=state)
+
+    async def handle(task: str, request: Request) -> JSONResponse:
+        t0 = time.perf_counter()
+        s = settings
+        image, fields = await _read_fields(request, s.max_upload_bytes)
+        params = _validate(task, fields, s.max_question_chars)
+        entry = state.pick(task, params.model)
+        try:
+            dataset = entry.runner.check(task, getattr(params, "dataset", None))
+        except TaskError as exc:
+            raise ApiError(exc.status, exc.code, exc.message) from None
+        engine = state.engines[entry.name]
+        if state.draining or not engine.accepting:
+            raise ApiError(503, "shutting_down", "the service is shutting down; retry on "
+                           "another replica", {"Retry-After": "1"})
+        if engine.depth >= s.queue_size:
+            raise _overloaded(entry.name, s)
+        values = params.model_dump(exclude={"model"})
+        values["dataset"] = dataset
+        if task == "textvqa" and values.get("ocr_tokens") is not None:
+            values["ocr_tokens"] = [{"word": t["word"], "box": list(t["box"])}
+                                    for t in values["ocr_tokens"]]
+        size = entry.runner.predictor.transform.size
+        loop = asyncio.get_running_loop()
+        ticket = engine.announce()
+        try:
+            job: Job = await loop.run_in_executor(
+                state.pool, lambda: entry.runner.prepare(task, _decode(image, s, size), values))
+        except ImageError as exc:
+            raise ApiError(exc.status, exc.code, exc.message) from None
+        except TaskError as exc:
+            raise ApiError(exc.status, exc.code, exc.message) from None
+        finally:
+            ticket.close()
+        submitted = time.perf_counter()
+        deadline = time.monotonic() + s.request_timeout_s - (submitted - t0)
+        try:
+            future = engine.submit(job, key=job.key, deadline=deadline)
+        except Overloaded:
+            raise _overloaded(entry.name, s) from None
+        except ShuttingDown:
+            raise ApiError(503, "shutting_down", "the service is shutting down",
+                           {"Retry-After": "1"}) from None
+        result = await _await_result(future, request, deadline)
+        done = time.perf_counter()
+        inference = float(result.pop("inference_ms", 0.0))
+        batch = int(result.pop("batch_size", 1))
+        body: dict[str, Any] = {"model": entry.name}
+        if task in ("vqa", "textvqa", "dialog"):
+            body["question"] = values["question"]
+        if task in ("vqa", "textvqa"):
+            body["dataset"] = dataset
+        body.update(result)
+        if task == "textvqa":
+            answers = body.get("answers") or []
+            body["copied"] = bool(answers and answers[0].get("copied"))
+        body["timing_ms"] = {"queue": round(max(0.0, (job.started - submitted) * 1000), 3),
+                             "inference": inference,
+                             "total": round((done - t0) * 1000, 3), "batch_size": batch}
+        return JSONResponse(body)
+
+    async def _await_result(future: Future[Any], request: Request, deadline: float) -> Any:
+        waiter = asyncio.wrap_future(future)
+        gone = asyncio.ensure_future(_until_disconnect(request.receive))
+        try:
+            timeout = max(0.0, deadline - time.monotonic())
+            done, _ = await asyncio.wait({waiter, gone}, timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if waiter in done:
+                try:
+                    return waiter.result()
+                except DeadlineExceeded as exc:
+                    raise ApiError(504, "deadline_exceeded", str(exc)) from None
+                except ShuttingDown:
+                    raise ApiError(503, "shutting_down", "the service is shutting down",
+                                   {"Retry-After": "1"}) from None
+                except (ValueError, KeyError, TypeError) as exc:
+                    # the model refused this input (e.g. free-form dialog without options)
+                    raise ApiError(422, "unprocessable", str(exc)) from None
+            future.cancel()  # dropped from the queue if it has not started
+            if gone in done:
+                # Nobody reads this response; 499 is what proxies log for it.
+                raise ApiError(499, "client_closed_request", "the client disconnected")
+            raise ApiError(504, "deadline_exceeded",
+                           f"no result within {settings.request_timeout_s} s "
+                           "(PYTHIA_REQUEST_TIMEOUT_S)")
+        finally:
+            gone.cancel()
+            if not waiter.done():
+                waiter.cancel()
+
+    def _overloaded(name: str, s: Settings) -> ApiError:
+        return ApiError(429, "overloaded",
+                        f"model {name!r} has {s.queue_size} requests queued "
+                        "(PYTHIA_QUEUE_SIZE); retry shortly", {"Retry-After": "1"})
+
+    async def vqa(request: Request) -> JSONResponse:
+        """Answer a question about an image: top answers with scores."""
+        return await handle("vqa", request)
+
+    async def textvqa(request: Request) -> JSONResponse:
+        """Answer reading the text in the image (OCR by rapidocr unless ocr_tokens given)."""
+        return await handle("textvqa", request)
+
+    async def caption(request: Request) -> JSONResponse:
+        """Caption an image (greedy, or beam search with beam_size > 1)."""
+        return await handle("caption", request)
+
+    async def dialog(request: Request) -> JSONResponse:
+        """Answer the next question of a dialog; the history travels with the request."""
+        return await handle("dialog", request)
+
+    for task, endpoint in (("vqa", vqa), ("textvqa", textvqa), ("caption", caption),
+                           ("dialog", dialog)):
+        app.add_api_route(f"/{task}", endpoint, methods=["POST"], name=task,
+                          openapi_extra=_openapi_body(task))
+
+    @app.get("/models")
+    async def list_models() -> dict[str, Any]:
+        """The loaded models: tasks, answer heads, version, metrics at export."""
+        return {"models": [m.info() for m in state.models.values()]}
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        """Readiness: 503 until the models are loaded and their engines run, and while
+        draining."""
+        ok, why = state.ready()
+        if not ok:
+            return error_response(503, "not_ready", why, {"Retry-After": "1"})
+        return JSONResponse({"status": "ready", "models": sorted(state.models),
+                             "queue": settings.queue})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        """Prometheus text exposition."""
+        return Response(generate_latest(state.metrics.registry),
+                        media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        page = STATIC / "index.html"
+        if not page.is_file():
+            return HTMLResponse("<h1>Pythia</h1><p>See <a href='/docs'>/docs</a>.</p>")
+        return HTMLResponse(page.read_text(encoding="utf-8"))
+
+    return app
+
+
+def _openapi_body(task: str) -> dict[str, Any]:
+    """The request body in the OpenAPI schema (the routes parse it themselves, to take both
+    multipart and JSON)."""
+    schema = PARAMS[task].model_json_schema()
+    props = dict(schema.get("properties", {}))
+    multipart = {**props, "image": {"type": "string", "format": "binary"}}
+    as_json = {**props, "image": {"type": "string", "format": "byte",
+                                  "description": "the image file, base64"}}
+    return {"requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "properties": multipart,
+                                           "required": ["image", *schema.get("required", [])]}},
+        "application/json": {"schema": {"type": "object", "properties": as_json,
+                                        "required": ["image", *schema.get("required", [])],
+                                        "$defs": schema.get("$defs", {})}},
+    }}}

@@ -1,0 +1,218 @@
+"""Loaded models and the runner contract between the HTTP layer and the batching engine.
+
+A request goes through three steps, each on its own kind of thread:
+
+1. ``ModelRunner.prepare(task, image, params) -> Job`` in a decoding thread: the release's
+   image transform (and, for TextVQA without client OCR, rapidocr) so the inference thread
+   never touches pixels or JPEG bytes;
+2. ``ModelRunner.predict(jobs) -> results`` on the model's one inference thread, called by
+   ``service.engine.Batcher`` with jobs of one ``Job.key`` (task + the parameters a batch
+   must share: the answer head, beam size, ...);
+3. the HTTP layer turns the result dict into the response.
+
+Results are plain dicts (JSON-ready): per task
+
+* vqa: ``{"answers": [{"answer", "score"}, ...]}`` (best first, ``top_k`` of them);
+* textvqa: ``{"answers": [{"answer", "score", "copied"}, ...], "ocr_tokens": [...]}``;
+* caption: ``{"caption", "beams": [{"caption", "score"}, ...]}``;
+* dialog: ``{"answer"[, "ranking": [{"answer", "score"}, ...]]}``;
+
+each with ``"inference_ms"`` (the batch's model time) and ``"batch_size"`` added.
+
+The same classes run inside a Celery worker (``service.worker``): prepare and predict are
+plain functions of plain data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from models.predictor import DEFAULT_DATASET, Predictor
+from models.processors.ocr_engine import OCREngine, OCRWord
+from models.release import MODEL_FILE, load_config, load_metrics
+
+__all__ = ["TASKS", "Job", "LoadedModel", "ModelRunner", "TaskError", "load_model"]
+
+TASKS = ("vqa", "textvqa", "caption", "dialog")
+
+
+class TaskError(ValueError):
+    """A request the model cannot serve as asked (HTTP 404 for a task, 422 otherwise)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+@dataclass
+class Job:
+    """One prepared request: what the engine queues and batches."""
+
+    key: tuple[Any, ...]  # (task, ...): jobs of one key share a batch
+    pixels: torch.Tensor  # (3, S, S) float32: the release's transform of the image
+    params: dict[str, Any] = field(default_factory=dict)
+    started: float = 0.0  # time.perf_counter() when its batch began (set by predict)
+
+
+class ModelRunner:
+    """The three steps for one loaded ``Predictor``."""
+
+    def __init__(self, predictor: Predictor, *, ocr_engine: OCREngine | None = None) -> None:
+        self.predictor = predictor
+        self._ocr = ocr_engine
+        self._ocr_lock = threading.Lock()  # one rapidocr engine, one caller at a time
+        routes = getattr(predictor.model, "route", None)
+        # The datasets a task can be asked for: the multi-task model's routes, else the
+        # family's one head (any name is accepted and ignored by single-task families).
+        self.datasets: dict[str, list[str]] = {}
+        for task in predictor.tasks:
+            if isinstance(routes, dict):
+                wanted = {"vqa": "vqa", "textvqa": "vqa", "caption": "caption",
+                          "dialog": "dialog"}[task]
+                names = sorted(d for d, r in routes.items() if r == wanted)
+                if task == "textvqa":
+                    names = [d for d in names if d in getattr(predictor.model, "ocr_heads", {})]
+                elif task == "vqa":
+                    ocr = getattr(predictor.model, "ocr_heads", {})
+                    names = [d for d in names if d not in ocr]
+                self.datasets[task] = names
+            else:
+                self.datasets[task] = [DEFAULT_DATASET[task]]
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return tuple(t for t in TASKS if self.datasets.get(t))
+
+    def default_dataset(self, task: str) -> str:
+        names = self.datasets.get(task) or []
+        preferred = DEFAULT_DATASET[task]
+        return preferred if preferred in names or not names else names[0]
+
+    def check(self, task: str, dataset: str | None) -> str:
+        """The dataset (answer head) to use; TaskError 404 if the model does not serve it."""
+        if task not in self.tasks:
+            raise TaskError(404, "task_not_served",
+                            f"this model serves {list(self.tasks)}, not {task!r}")
+        if dataset is None:
+            return self.default_dataset(task)
+        if dataset not in self.datasets[task]:
+            raise TaskError(404, "dataset_not_served",
+                            f"{task}: no answer head for dataset {dataset!r}; this model has "
+                            f"{self.datasets[task]}")
+        return dataset
+
+    # -- step 1: decoding threads -------------------------------------------------------------
+    def ocr(self, image: Image.Image) -> list[OCRWord]:
+        with self._ocr_lock:
+            if self._ocr is None:
+                self._ocr = OCREngine()
+            return self._ocr(image)
+
+    def prepare(self, task: str, image: Image.Image, params: dict[str, Any]) -> Job:
+        """``params`` holds the validated request fields (question, top_k, dataset, ...)."""
+        pixels = self.predictor.preprocess(image)
+        if task in ("vqa", "textvqa"):
+            key: tuple[Any, ...] = (task, params["dataset"])
+            if task == "textvqa" and params.get("ocr_tokens") is None:
+                params = {**params, "ocr": [(w.word, w.box) for w in self.ocr(image)]}
+            elif task == "textvqa":
+                params = {**params, "ocr": [(t["word"], t["box"])
+                                            for t in params["ocr_tokens"]]}
+        elif task == "caption":
+            key = (task, int(params["beam_size"]), int(params["max_length"]))
+        else:
+            key = (task,)
+        return Job(key=key, pixels=pixels, params=params)
+
+    # -- step 2: the inference thread -----------------------------------------------------------
+    def predict(self, jobs: list[Job]) -> list[dict[str, Any]]:
+        t0 = time.perf_counter()
+        for job in jobs:
+            job.started = t0
+        task = jobs[0].key[0]
+        p = self.predictor
+        pixels = [j.pixels for j in jobs]
+        out: list[dict[str, Any]]
+        if task == "vqa":
+            k = max(int(j.params["top_k"]) for j in jobs)
+            answers = p.vqa(pixels, [j.params["question"] for j in jobs], top_k=k,
+                            dataset=jobs[0].key[1])
+            out = [{"answers": a[: int(j.params["top_k"])]} for a, j in zip(answers, jobs)]
+        elif task == "textvqa":
+            k = max(int(j.params["top_k"]) for j in jobs)
+            results = p.textvqa(pixels, [j.params["question"] for j in jobs],
+                                ocr=[j.params["ocr"] for j in jobs], top_k=k,
+                                dataset=jobs[0].key[1])
+            out = [{"answers": r["answers"][: int(j.params["top_k"])],
+                    "ocr_tokens": r["ocr_tokens"]} for r, j in zip(results, jobs)]
+        elif task == "caption":
+            out = p.caption(pixels, beam_size=jobs[0].key[1], max_length=jobs[0].key[2])
+        else:
+            out = p.dialog(pixels, [j.params["history"] for j in jobs],
+                           [j.params["question"] for j in jobs],
+                           captions=[j.params.get("caption") or "" for j in jobs],
+                           options=[j.params.get("options") or [] for j in jobs]
+                           if any(j.params.get("options") for j in jobs) else None)
+        ms = round((time.perf_counter() - t0) * 1000, 3)
+        for r in out:
+            r["inference_ms"] = ms
+            r["batch_size"] = len(jobs)
+        return out
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    path: Path
+    runner: ModelRunner
+    family: str
+    config: dict[str, Any]
+    metrics: dict[str, Any] | None
+    loaded_at: float
+    version: str  # sha256 of the weights file, first 12 hex digits
+    exported_at: str  # the weights file's modification time, ISO 8601 UTC
+
+    def info(self) -> dict[str, Any]:
+        """What ``GET /models`` lists."""
+        return {
+            "name": self.name,
+            "family": self.family,
+            "tasks": list(self.runner.tasks),
+            "datasets": {t: self.runner.datasets[t] for t in self.runner.tasks},
+            "version": self.version,
+            "release": {"format_version": self.config.get("format_version"),
+                        "created_by": self.config.get("created_by"),
+                        "torch_version": self.config.get("torch_version"),
+                        "exported_at": self.exported_at},
+            "image_size": self.runner.predictor.transform.size,
+            "device": str(self.runner.predictor.device),
+            "parameters": self.runner.predictor.model.num_parameters(),
+            "metrics": self.metrics,
+            "path": str(self.path),
+        }
+
+
+def load_model(name: str, path: str | Path, *, device: str = "auto") -> LoadedModel:
+    """Load a release directory (safetensors + JSON, nothing unpickled) for serving."""
+    root = Path(path)
+    predictor = Predictor.from_pretrained(root, device=device)
+    weights = root / MODEL_FILE
+    digest = hashlib.sha256()
+    with weights.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    exported = datetime.fromtimestamp(weights.stat().st_mtime, tz=UTC)
+    return LoadedModel(name=name, path=root, runner=ModelRunner(predictor),
+                       family=predictor.model.family, config=load_config(root),
+                       metrics=load_metrics(root), loaded_at=time.time(),
+                       version=digest.hexdigest()[:12],
+                       exported_at=exported.isoformat(timespec="seconds"))
