@@ -59,7 +59,10 @@ from service.settings import Settings
 __all__ = ["ApiError", "ServiceState", "create_app"]
 
 STATIC = Path(__file__).resolve().parent / "static"
-JSON_OVERHEAD = 64 * 1024  # allowance for the non-image fields of a request body
+JSON_OVERHEAD = 64 * 1024
+# Smallest side an image is decoded at when the server runs OCR on it (a JPEG is otherwise
+# decoded at reduced scale, down to the model's input size).
+OCR_DECODE_SIZE = 1024  # allowance for the non-image fields of a request body
 ROUTE_LABELS = {"/vqa", "/textvqa", "/caption", "/dialog", "/models", "/metrics", "/healthz",
                 "/readyz", "/"}
 OPEN_PATHS = {"/", "/healthz", "/readyz", "/docs", "/openapi.json", "/docs/oauth2-redirect"}
@@ -494,6 +497,8 @@ def create_app(settings: Settings, models: Mapping[str, LoadedModel]) -> FastAPI
             values["ocr_tokens"] = [{"word": t["word"], "box": list(t["box"])}
                                     for t in values["ocr_tokens"]]
         size = entry.runner.predictor.transform.size
+        if task == "textvqa" and values.get("ocr_tokens") is None:
+            size = max(size, OCR_DECODE_SIZE)  # rapidocr needs the text legible
         loop = asyncio.get_running_loop()
         ticket = engine.announce()
         try:
