@@ -38,6 +38,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from PIL import Image
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -65,6 +66,7 @@ JSON_OVERHEAD = 64 * 1024
 OCR_DECODE_SIZE = 1024  # allowance for the non-image fields of a request body
 ROUTE_LABELS = {"/vqa", "/textvqa", "/caption", "/dialog", "/models", "/metrics", "/healthz",
                 "/readyz", "/"}
+DOCS_STATIC = "/docs-static"
 OPEN_PATHS = {"/", "/healthz", "/readyz", "/docs", "/openapi.json", "/docs/oauth2-redirect"}
 
 
@@ -213,7 +215,8 @@ class Observe:
         path: str = scope["path"]
         metrics = self.state.metrics
         label = path if path in ROUTE_LABELS else "other"
-        if self.key is not None and path not in OPEN_PATHS and not self._authorized(scope):
+        if self.key is not None and path not in OPEN_PATHS \
+                and not path.startswith(DOCS_STATIC + "/") and not self._authorized(scope):
             response = error_response(401, "unauthorized", "missing or wrong API key: send "
                                       "'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
                                       {"WWW-Authenticate": "Bearer"})
@@ -444,9 +447,11 @@ def create_app(settings: Settings, models: Mapping[str, LoadedModel]) -> FastAPI
         finally:
             await asyncio.get_running_loop().run_in_executor(None, state.stop)
 
-    app = FastAPI(title="Pythia", version="0.1.0", lifespan=lifespan,
-                  description="Visual question answering, TextVQA, captioning and visual "
-                              "dialog over Pythia release checkpoints.")
+    # /docs with Swagger UI served from the package (fastapi-offline), not from a CDN.
+    app = FastAPIOffline(title="Pythia", version="0.1.0", lifespan=lifespan, redoc_url=None,
+                         static_url=DOCS_STATIC,
+                         description="Visual question answering, TextVQA, captioning and "
+                                     "visual dialog over Pythia release checkpoints.")
     app.state.service = state
     body_limit = math.ceil(settings.max_upload_bytes * 4 / 3) + JSON_OVERHEAD
     app.add_middleware(BodyLimit, max_bytes=body_limit)

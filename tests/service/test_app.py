@@ -121,7 +121,9 @@ def test_info_routes(serve: Callable[..., LiveServer], client: httpx.Client,
     assert 'pythia_requests_total{route="/vqa",status="200"} 1.0' in text
     assert "pythia_batch_size_bucket" in text and 'pythia_queue_depth{model="demo"} 0.0' in text
     assert "pythia_inference_seconds_count" in text
-    assert client.get(f"{server.url}/docs").status_code == 200
+    docs = client.get(f"{server.url}/docs")
+    assert docs.status_code == 200 and "cdn" not in docs.text.lower()
+    assert client.get(f"{server.url}/docs-static/swagger-ui-bundle.js").status_code == 200
     spec = client.get(f"{server.url}/openapi.json").json()
     assert "multipart/form-data" in spec["paths"]["/vqa"]["post"]["requestBody"]["content"]
     page = client.get(f"{server.url}/")
