@@ -100,17 +100,32 @@ class ImageTransform:
             raise ValueError(f"ImageTransform: interpolation must be one of {sorted(modes)}")
         self.mean = tuple(float(m) for m in self.mean)  # type: ignore[assignment]
         self.std = tuple(float(s) for s in self.std)  # type: ignore[assignment]
-        self._pipeline = v2.Compose([
-            v2.ToImage(),
-            v2.Resize((self.size, self.size), interpolation=modes[self.interpolation],
-                      antialias=True),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(list(self.mean), list(self.std)),
-        ])
+        # Two halves, so a server can resize where it decodes and send the compact uint8
+        # pixels to a worker that normalizes: __call__ == normalize(resize(img)) exactly.
+        self._pipeline = (
+            v2.Compose([v2.ToImage(),
+                        v2.Resize((self.size, self.size),
+                                  interpolation=modes[self.interpolation], antialias=True)]),
+            v2.Compose([v2.ToDtype(torch.float32, scale=True),
+                        v2.Normalize(list(self.mean), list(self.std))]),
+        )
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         """(3, size, size) float32 from an RGB image."""
-        return self._pipeline(to_rgb(img))
+        return self.normalize(self.resize(img))
+
+    def resize(self, img: Image.Image) -> torch.Tensor:
+        """The first half: (3, size, size) uint8 pixels of ``img`` (any mode)."""
+        out: torch.Tensor = self._pipeline[0](to_rgb(img))
+        return out.as_subclass(torch.Tensor)
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The second half: uint8 (3, size, size) -> normalized float32 (3, size, size)."""
+        if pixels.dtype != torch.uint8 or tuple(pixels.shape) != (3, self.size, self.size):
+            raise ValueError(f"ImageTransform.normalize: expected uint8 (3, {self.size}, "
+                             f"{self.size}), got {pixels.dtype} {tuple(pixels.shape)}")
+        out: torch.Tensor = self._pipeline[1](pixels)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
