@@ -310,6 +310,8 @@ class ServiceState:
                              on_batch=on_batch)
             self.engines[name] = engine.start()
             self.metrics.queue_depth.labels(name).set_function(_depth_of(engine))
+        for entry in self.models.values():
+            self.pool.submit(entry.runner.warm_up)  # OCR engines load in the background
         self.started = True
 
     def stop(self) -> None:
@@ -557,9 +559,8 @@ def create_app(settings: Settings, models: Mapping[str, LoadedModel]) -> FastAPI
                 except ShuttingDown:
                     raise ApiError(503, "shutting_down", "the service is shutting down",
                                    {"Retry-After": "1"}) from None
-                except (ValueError, KeyError, TypeError) as exc:
-                    # the model refused this input (e.g. free-form dialog without options)
-                    raise ApiError(422, "unprocessable", str(exc)) from None
+                except TaskError as exc:
+                    raise ApiError(exc.status, exc.code, exc.message) from None
             future.cancel()  # dropped from the queue if it has not started
             if gone in done:
                 # Nobody reads this response; 499 is what proxies log for it.

@@ -131,7 +131,25 @@ class ModelRunner:
             key = (task, int(params["beam_size"]), int(params["max_length"]))
         else:
             key = (task,)
+            if not params.get("options") and not self.free_form_dialog:
+                raise TaskError(422, "options_required",
+                                f"this {self.predictor.model.family!r} model ranks candidate "
+                                "answers only (no generative decoder): send options")
         return Job(key=key, pixels=pixels, params=params)
+
+    @property
+    def free_form_dialog(self) -> bool:
+        """Whether the model can answer a dialog question without candidate options."""
+        model = self.predictor.model
+        return callable(getattr(model, "generate_answers", None)) and \
+            model.hparams.get("decoder", "gen") in ("gen", "both")
+
+    def warm_up(self) -> None:
+        """Start the OCR engine now (it takes seconds) rather than on the first request."""
+        if "textvqa" in self.tasks:
+            with self._ocr_lock:
+                if self._ocr is None:
+                    self._ocr = OCREngine()
 
     # -- step 2: the inference thread -----------------------------------------------------------
     def predict(self, jobs: list[Job]) -> list[dict[str, Any]]:
@@ -188,6 +206,7 @@ class LoadedModel:
             "family": self.family,
             "tasks": list(self.runner.tasks),
             "datasets": {t: self.runner.datasets[t] for t in self.runner.tasks},
+            "default_datasets": {t: self.runner.default_dataset(t) for t in self.runner.tasks},
             "version": self.version,
             "release": {"format_version": self.config.get("format_version"),
                         "created_by": self.config.get("created_by"),

@@ -101,7 +101,7 @@ def test_dialog_with_options_and_without(serve: Callable[..., LiveServer],
     # The multi-task model's dialog head is discriminative: no free-form answers.
     r2 = _post(client, server, "dialog", image_bytes, question="what color is it?",
                history=history)
-    assert r2.status_code == 422 and r2.json()["error"]["code"] == "unprocessable"
+    assert r2.status_code == 422 and r2.json()["error"]["code"] == "options_required"
 
 
 def test_info_routes(serve: Callable[..., LiveServer], client: httpx.Client,
@@ -115,6 +115,7 @@ def test_info_routes(serve: Callable[..., LiveServer], client: httpx.Client,
     assert m["name"] == "demo" and m["family"] == "multitask"
     assert set(m["tasks"]) == {"vqa", "textvqa", "caption", "dialog"}
     assert m["datasets"]["vqa"] == ["vizwiz", "vqa2"] and m["datasets"]["textvqa"] == ["textvqa"]
+    assert m["default_datasets"]["vqa"] == "vqa2"
     assert len(m["version"]) == 12 and m["metrics"]["update"] == 20
     assert _post(client, server, "vqa", image_bytes, question="how many?").status_code == 200
     text = client.get(f"{server.url}/metrics").text
