@@ -393,6 +393,19 @@ def load(
     return model, processors
 
 
+def load_skeleton(directory: str | os.PathLike[str]) -> tuple[BaseModel, dict[str, Any]]:
+    """The release's model built on the ``meta`` device (its structure and hyper-parameters,
+    no weights read, no memory for them) and its processors: what a server front end needs
+    to validate requests for a model that runs elsewhere. Same checks as ``load``."""
+    root = _release_root(directory)
+    _check_links(root)
+    config = _validate_config(_read_json(root, CONFIG_FILE, "config"), root / CONFIG_FILE)
+    with torch.device("meta"):
+        model = _build(config, root)
+    processors = _load_processors(root, config["processors"])
+    return model.eval(), processors
+
+
 def load_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
     """The validated ``config.json`` of a release (no model is built)."""
     root = _release_root(directory)

@@ -82,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         logging.getLogger("pythia.service").info(
             "loaded %s from %s in %.1f s (tasks: %s)", spec.name, spec.path,
-            time.perf_counter() - t0, ", ".join(models[spec.name].runner.tasks))
+            time.perf_counter() - t0, ", ".join(models[spec.name].front.tasks))
     app = create_app(settings, models)
     config = uvicorn.Config(app, host=settings.host, port=settings.port,
                             log_level=args.log_level, access_log=False,

@@ -301,6 +301,10 @@ class ServiceState:
         s = self.settings
         self.pool = ThreadPoolExecutor(s.decode_threads, thread_name_prefix="decode")
         for name, entry in self.models.items():
+            if entry.runner is None:
+                raise ValueError(f"model {name!r} was loaded without weights: the local queue "
+                                 "runs models in this process")
+
             def on_batch(key: Any, size: int, seconds: float, name: str = name) -> None:
                 self.metrics.batch_size.labels(name).observe(size)
                 self.metrics.inference.labels(name, str(key[0])).observe(seconds)
@@ -311,7 +315,7 @@ class ServiceState:
             self.engines[name] = engine.start()
             self.metrics.queue_depth.labels(name).set_function(_depth_of(engine))
         for entry in self.models.values():
-            self.pool.submit(entry.runner.warm_up)  # OCR engines load in the background
+            self.pool.submit(entry.front.warm_up)  # OCR engines load in the background
         self.started = True
 
     def stop(self) -> None:
@@ -340,11 +344,11 @@ class ServiceState:
                                f"no model named {name!r}; loaded: {sorted(self.models)}")
             return entry
         for entry in self.models.values():
-            if task in entry.runner.tasks:
+            if task in entry.front.tasks:
                 return entry
         raise ApiError(404, "task_not_served",
                        f"no loaded model serves {task!r}; loaded: "
-                       f"{ {n: list(m.runner.tasks) for n, m in self.models.items()} }")
+                       f"{ {n: list(m.front.tasks) for n, m in self.models.items()} }")
 
 
 # -- request parsing ------------------------------------------------------------------------------
@@ -489,7 +493,7 @@ def create_app(settings: Settings, models: Mapping[str, LoadedModel]) -> FastAPI
         params = _validate(task, fields, s.max_question_chars)
         entry = state.pick(task, params.model)
         try:
-            dataset = entry.runner.check(task, getattr(params, "dataset", None))
+            dataset = entry.front.check(task, getattr(params, "dataset", None))
         except TaskError as exc:
             raise ApiError(exc.status, exc.code, exc.message) from None
         engine = state.engines[entry.name]
@@ -503,14 +507,14 @@ def create_app(settings: Settings, models: Mapping[str, LoadedModel]) -> FastAPI
         if task == "textvqa" and values.get("ocr_tokens") is not None:
             values["ocr_tokens"] = [{"word": t["word"], "box": list(t["box"])}
                                     for t in values["ocr_tokens"]]
-        size = entry.runner.predictor.transform.size
+        size = entry.front.transform.size
         if task == "textvqa" and values.get("ocr_tokens") is None:
             size = max(size, OCR_DECODE_SIZE)  # rapidocr needs the text legible
         loop = asyncio.get_running_loop()
         ticket = engine.announce()
         try:
             job: Job = await loop.run_in_executor(
-                state.pool, lambda: entry.runner.prepare(task, _decode(image, s, size), values))
+                state.pool, lambda: entry.front.prepare(task, _decode(image, s, size), values))
         except ImageError as exc:
             raise ApiError(exc.status, exc.code, exc.message) from None
         except TaskError as exc:

@@ -25,7 +25,9 @@ plain functions of plain data.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import io
 import threading
 import time
 from dataclasses import dataclass, field
@@ -33,14 +35,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
 from models.predictor import DEFAULT_DATASET, Predictor
+from models.processors import ImageTransform
 from models.processors.ocr_engine import OCREngine, OCRWord
-from models.release import MODEL_FILE, load_config, load_metrics
+from models.release import MODEL_FILE, load_config, load_metrics, load_skeleton
 
-__all__ = ["TASKS", "Job", "LoadedModel", "ModelRunner", "TaskError", "load_model"]
+__all__ = ["TASKS", "Job", "LoadedModel", "ModelFront", "ModelRunner", "TaskError", "load_model"]
 
 TASKS = ("vqa", "textvqa", "caption", "dialog")
 
@@ -55,38 +59,65 @@ class TaskError(ValueError):
 
 @dataclass
 class Job:
-    """One prepared request: what the engine queues and batches."""
+    """One prepared request: what the engine queues and batches (and what a Celery message
+    carries, ``to_message``/``from_message``)."""
 
     key: tuple[Any, ...]  # (task, ...): jobs of one key share a batch
-    pixels: torch.Tensor  # (3, S, S) float32: the release's transform of the image
+    pixels: torch.Tensor  # (3, S, S) uint8: the first half of the release's image transform
     params: dict[str, Any] = field(default_factory=dict)
     started: float = 0.0  # time.perf_counter() when its batch began (set by predict)
 
+    def to_message(self) -> dict[str, Any]:
+        """JSON-ready: the pixels as a lossless PNG in base64 (a few KB to ~150 KB)."""
+        buf = io.BytesIO()
+        Image.fromarray(self.pixels.permute(1, 2, 0).contiguous().numpy()).save(
+            buf, format="PNG", compress_level=1)
+        return {"key": list(self.key), "png": base64.b64encode(buf.getvalue()).decode("ascii"),
+                "params": self.params}
 
-class ModelRunner:
-    """The three steps for one loaded ``Predictor``."""
+    @classmethod
+    def from_message(cls, message: dict[str, Any]) -> Job:
+        data = base64.b64decode(message["png"], validate=True)
+        with Image.open(io.BytesIO(data), formats=["PNG"]) as img:
+            arr = np.asarray(img.convert("RGB"))
+        pixels = torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()  # (3, S, S)
+        return cls(key=tuple(message["key"]), pixels=pixels, params=dict(message["params"]))
 
-    def __init__(self, predictor: Predictor, *, ocr_engine: OCREngine | None = None) -> None:
-        self.predictor = predictor
+
+class ModelFront:
+    """What serving a release needs before its model runs: the tasks and answer heads it
+    serves, request checks, the resize half of its image transform and OCR. Built from the
+    model (or its weightless skeleton, ``models.release.load_skeleton``) and processors, so a
+    Celery-mode API never loads weights."""
+
+    def __init__(self, model: Any, processors: dict[str, Any], *,
+                 ocr_engine: OCREngine | None = None) -> None:
+        self.family: str = model.family
+        self.hparams: dict[str, Any] = dict(model.hparams)
+        transform = processors.get("image_transform")
+        self.transform: ImageTransform = transform if transform is not None \
+            else ImageTransform()
         self._ocr = ocr_engine
         self._ocr_lock = threading.Lock()  # one rapidocr engine, one caller at a time
-        routes = getattr(predictor.model, "route", None)
+        routes = getattr(model, "route", None)
+        ocr_heads = set(getattr(model, "ocr_heads", {}) or {})
         # The datasets a task can be asked for: the multi-task model's routes, else the
         # family's one head (any name is accepted and ignored by single-task families).
         self.datasets: dict[str, list[str]] = {}
-        for task in predictor.tasks:
+        for task in model.tasks:
             if isinstance(routes, dict):
                 wanted = {"vqa": "vqa", "textvqa": "vqa", "caption": "caption",
                           "dialog": "dialog"}[task]
                 names = sorted(d for d, r in routes.items() if r == wanted)
                 if task == "textvqa":
-                    names = [d for d in names if d in getattr(predictor.model, "ocr_heads", {})]
+                    names = [d for d in names if d in ocr_heads]
                 elif task == "vqa":
-                    ocr = getattr(predictor.model, "ocr_heads", {})
-                    names = [d for d in names if d not in ocr]
+                    names = [d for d in names if d not in ocr_heads]
                 self.datasets[task] = names
             else:
                 self.datasets[task] = [DEFAULT_DATASET[task]]
+        self.free_form_dialog = callable(getattr(model, "generate_answers", None)) and \
+            self.hparams.get("decoder", "gen") in ("gen", "both")
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -117,15 +148,22 @@ class ModelRunner:
                 self._ocr = OCREngine()
             return self._ocr(image)
 
+    def warm_up(self) -> None:
+        """Start the OCR engine now (it takes seconds) rather than on the first request."""
+        if "textvqa" in self.tasks:
+            with self._ocr_lock:
+                if self._ocr is None:
+                    self._ocr = OCREngine()
+
     def prepare(self, task: str, image: Image.Image, params: dict[str, Any]) -> Job:
         """``params`` holds the validated request fields (question, top_k, dataset, ...)."""
-        pixels = self.predictor.preprocess(image)
+        pixels = self.transform.resize(image)  # (3, S, S) uint8
         if task in ("vqa", "textvqa"):
             key: tuple[Any, ...] = (task, params["dataset"])
             if task == "textvqa" and params.get("ocr_tokens") is None:
-                params = {**params, "ocr": [(w.word, w.box) for w in self.ocr(image)]}
+                params = {**params, "ocr": [[w.word, list(w.box)] for w in self.ocr(image)]}
             elif task == "textvqa":
-                params = {**params, "ocr": [(t["word"], t["box"])
+                params = {**params, "ocr": [[t["word"], list(t["box"])]
                                             for t in params["ocr_tokens"]]}
         elif task == "caption":
             key = (task, int(params["beam_size"]), int(params["max_length"]))
@@ -133,23 +171,16 @@ class ModelRunner:
             key = (task,)
             if not params.get("options") and not self.free_form_dialog:
                 raise TaskError(422, "options_required",
-                                f"this {self.predictor.model.family!r} model ranks candidate "
-                                "answers only (no generative decoder): send options")
+                                f"this {self.family!r} model ranks candidate answers only "
+                                "(no generative decoder): send options")
         return Job(key=key, pixels=pixels, params=params)
 
-    @property
-    def free_form_dialog(self) -> bool:
-        """Whether the model can answer a dialog question without candidate options."""
-        model = self.predictor.model
-        return callable(getattr(model, "generate_answers", None)) and \
-            model.hparams.get("decoder", "gen") in ("gen", "both")
 
-    def warm_up(self) -> None:
-        """Start the OCR engine now (it takes seconds) rather than on the first request."""
-        if "textvqa" in self.tasks:
-            with self._ocr_lock:
-                if self._ocr is None:
-                    self._ocr = OCREngine()
+class ModelRunner:
+    """Step 2 for one loaded ``Predictor``: runs batches of jobs of one key."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
 
     # -- step 2: the inference thread -----------------------------------------------------------
     def predict(self, jobs: list[Job]) -> list[dict[str, Any]]:
@@ -158,7 +189,8 @@ class ModelRunner:
             job.started = t0
         task = jobs[0].key[0]
         p = self.predictor
-        pixels = [j.pixels for j in jobs]
+        # The second half of the transform, per image: exactly Predictor.preprocess.
+        pixels = [p.transform.normalize(j.pixels) for j in jobs]
         out: list[dict[str, Any]]
         if task == "vqa":
             k = max(int(j.params["top_k"]) for j in jobs)
@@ -168,8 +200,8 @@ class ModelRunner:
         elif task == "textvqa":
             k = max(int(j.params["top_k"]) for j in jobs)
             results = p.textvqa(pixels, [j.params["question"] for j in jobs],
-                                ocr=[j.params["ocr"] for j in jobs], top_k=k,
-                                dataset=jobs[0].key[1])
+                                ocr=[[(w, b) for w, b in j.params["ocr"]] for j in jobs],
+                                top_k=k, dataset=jobs[0].key[1])
             out = [{"answers": r["answers"][: int(j.params["top_k"])],
                     "ocr_tokens": r["ocr_tokens"]} for r, j in zip(results, jobs)]
         elif task == "caption":
@@ -191,47 +223,64 @@ class ModelRunner:
 class LoadedModel:
     name: str
     path: Path
-    runner: ModelRunner
-    family: str
+    front: ModelFront
+    runner: ModelRunner | None  # None where workers run the model (PYTHIA_QUEUE=celery)
     config: dict[str, Any]
     metrics: dict[str, Any] | None
     loaded_at: float
     version: str  # sha256 of the weights file, first 12 hex digits
     exported_at: str  # the weights file's modification time, ISO 8601 UTC
+    parameters: int = 0
+    device: str = "cpu"
+
+    @property
+    def family(self) -> str:
+        return self.front.family
 
     def info(self) -> dict[str, Any]:
         """What ``GET /models`` lists."""
+        front = self.front
         return {
             "name": self.name,
-            "family": self.family,
-            "tasks": list(self.runner.tasks),
-            "datasets": {t: self.runner.datasets[t] for t in self.runner.tasks},
-            "default_datasets": {t: self.runner.default_dataset(t) for t in self.runner.tasks},
+            "family": front.family,
+            "tasks": list(front.tasks),
+            "datasets": {t: front.datasets[t] for t in front.tasks},
+            "default_datasets": {t: front.default_dataset(t) for t in front.tasks},
             "version": self.version,
             "release": {"format_version": self.config.get("format_version"),
                         "created_by": self.config.get("created_by"),
                         "torch_version": self.config.get("torch_version"),
                         "exported_at": self.exported_at},
-            "image_size": self.runner.predictor.transform.size,
-            "device": str(self.runner.predictor.device),
-            "parameters": self.runner.predictor.model.num_parameters(),
+            "image_size": front.transform.size,
+            "device": self.device,
+            "parameters": self.parameters,
             "metrics": self.metrics,
             "path": str(self.path),
         }
 
 
-def load_model(name: str, path: str | Path, *, device: str = "auto") -> LoadedModel:
-    """Load a release directory (safetensors + JSON, nothing unpickled) for serving."""
+def load_model(name: str, path: str | Path, *, device: str = "auto",
+               weights: bool = True) -> LoadedModel:
+    """Load a release directory (safetensors + JSON, nothing unpickled) for serving; with
+    ``weights=False`` only its front (a Celery-mode API: workers hold the weights)."""
     root = Path(path)
-    predictor = Predictor.from_pretrained(root, device=device)
-    weights = root / MODEL_FILE
+    if weights:
+        predictor = Predictor.from_pretrained(root, device=device)
+        front = ModelFront(predictor.model, predictor.processors)
+        runner: ModelRunner | None = ModelRunner(predictor)
+        where = str(predictor.device)
+    else:
+        skeleton, processors = load_skeleton(root)
+        front, runner, where = ModelFront(skeleton, processors), None, "workers"
+    config = load_config(root)
+    weights_file = root / MODEL_FILE
     digest = hashlib.sha256()
-    with weights.open("rb") as f:
+    with weights_file.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
-    exported = datetime.fromtimestamp(weights.stat().st_mtime, tz=UTC)
-    return LoadedModel(name=name, path=root, runner=ModelRunner(predictor),
-                       family=predictor.model.family, config=load_config(root),
+    exported = datetime.fromtimestamp(weights_file.stat().st_mtime, tz=UTC)
+    return LoadedModel(name=name, path=root, front=front, runner=runner, config=config,
                        metrics=load_metrics(root), loaded_at=time.time(),
                        version=digest.hexdigest()[:12],
-                       exported_at=exported.isoformat(timespec="seconds"))
+                       exported_at=exported.isoformat(timespec="seconds"),
+                       parameters=int(config.get("parameters", 0)), device=where)
