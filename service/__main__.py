@@ -62,9 +62,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: no model to serve: pass --model RELEASE_DIR or set PYTHIA_MODELS "
               "(make serve trains a demo model)", file=sys.stderr)
         return 1
-    if settings.queue == "celery":
-        print("error: PYTHIA_QUEUE=celery is not available yet; use local", file=sys.stderr)
-        return 1
 
     import uvicorn
 
@@ -76,7 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for spec in specs:
         t0 = time.perf_counter()
         try:
-            models[spec.name] = load_model(spec.name, spec.path, device=settings.device)
+            # Celery mode: the workers hold the weights; the API needs only the front.
+            models[spec.name] = load_model(spec.name, spec.path, device=settings.device,
+                                           weights=settings.queue == "local")
         except (ReleaseError, OSError, ValueError, RuntimeError) as exc:
             print(f"error: model {spec.name!r} ({spec.path}): {exc}", file=sys.stderr)
             return 1

@@ -54,6 +54,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.engine import Batcher, DeadlineExceeded, Overloaded, ShuttingDown
 from service.images import ImageError, decode_base64_image, decode_image
+from service.remote import CeleryClient, QueueFull, QueueUnavailable, RemoteError
 from service.runners import Job, LoadedModel, TaskError
 from service.settings import Settings
 
@@ -291,6 +292,8 @@ class ServiceState:
         self.models = dict(models)
         self.metrics = Metrics()
         self.engines: dict[str, Batcher] = {}
+        # PYTHIA_QUEUE=celery: requests go to workers through Redis; no engine here
+        self.remote: CeleryClient | None = None
         self.pool: ThreadPoolExecutor | None = None
         self.draining = False
         self.started = False
@@ -300,7 +303,11 @@ class ServiceState:
     def start(self) -> None:
         s = self.settings
         self.pool = ThreadPoolExecutor(s.decode_threads, thread_name_prefix="decode")
+        if s.queue == "celery":
+            self.remote = CeleryClient(s)
         for name, entry in self.models.items():
+            if self.remote is not None:
+                continue
             if entry.runner is None:
                 raise ValueError(f"model {name!r} was loaded without weights: the local queue "
                                  "runs models in this process")
@@ -326,11 +333,15 @@ class ServiceState:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
-    def ready(self) -> tuple[bool, str]:
+    async def ready(self) -> tuple[bool, str]:
         if self.draining:
             return False, "draining: the service is shutting down"
         if not self.started or not self.models:
             return False, "no model loaded yet"
+        if self.remote is not None:
+            if not await self.remote.reachable():
+                return False, self.remote.last_error
+            return True, "ready"
         dead = [n for n, e in self.engines.items() if not e.alive]
         if dead:
             return False, f"inference thread not running for {dead}"
@@ -452,6 +463,8 @@ def create_app(settings: Settings, models: Mapping[str, LoadedModel]) -> FastAPI
             yield
         finally:
             await asyncio.get_running_loop().run_in_executor(None, state.stop)
+            if state.remote is not None:
+                await state.remote.close()
 
     # /docs with Swagger UI served from the package (fastapi-offline), not from a CDN.
     app = FastAPIOffline(title="Pythia", version="0.1.0", lifespan=lifespan, redoc_url=None,
@@ -496,12 +509,26 @@ def create_app(settings: Settings, models: Mapping[str, LoadedModel]) -> FastAPI
             dataset = entry.front.check(task, getattr(params, "dataset", None))
         except TaskError as exc:
             raise ApiError(exc.status, exc.code, exc.message) from None
-        engine = state.engines[entry.name]
-        if state.draining or not engine.accepting:
+        if state.draining:
             raise ApiError(503, "shutting_down", "the service is shutting down; retry on "
                            "another replica", {"Retry-After": "1"})
-        if engine.depth >= s.queue_size:
-            raise _overloaded(entry.name, s)
+        remote = state.remote
+        engine = state.engines.get(entry.name)
+        if remote is not None:
+            try:
+                await remote.admit(task)
+            except QueueUnavailable as exc:
+                raise ApiError(503, "queue_unavailable", str(exc), {"Retry-After": "1"}
+                               ) from None
+            except QueueFull:
+                raise _overloaded(entry.name, s) from None
+        else:
+            assert engine is not None
+            if not engine.accepting:
+                raise ApiError(503, "shutting_down", "the service is shutting down",
+                               {"Retry-After": "1"})
+            if engine.depth >= s.queue_size:
+                raise _overloaded(entry.name, s)
         values = params.model_dump(exclude={"model"})
         values["dataset"] = dataset
         if task == "textvqa" and values.get("ocr_tokens") is not None:
@@ -511,7 +538,7 @@ def create_app(settings: Settings, models: Mapping[str, LoadedModel]) -> FastAPI
         if task == "textvqa" and values.get("ocr_tokens") is None:
             size = max(size, OCR_DECODE_SIZE)  # rapidocr needs the text legible
         loop = asyncio.get_running_loop()
-        ticket = engine.announce()
+        ticket = engine.announce() if engine is not None else None
         try:
             job: Job = await loop.run_in_executor(
                 state.pool, lambda: entry.front.prepare(task, _decode(image, s, size), values))
@@ -520,17 +547,24 @@ def create_app(settings: Settings, models: Mapping[str, LoadedModel]) -> FastAPI
         except TaskError as exc:
             raise ApiError(exc.status, exc.code, exc.message) from None
         finally:
-            ticket.close()
+            if ticket is not None:
+                ticket.close()
         submitted = time.perf_counter()
         deadline = time.monotonic() + s.request_timeout_s - (submitted - t0)
-        try:
-            future = engine.submit(job, key=job.key, deadline=deadline)
-        except Overloaded:
-            raise _overloaded(entry.name, s) from None
-        except ShuttingDown:
-            raise ApiError(503, "shutting_down", "the service is shutting down",
-                           {"Retry-After": "1"}) from None
-        result = await _await_result(future, request, deadline)
+        if remote is not None:
+            result, queued = await _await_remote(remote, task, entry.name, job, request,
+                                                 deadline)
+        else:
+            assert engine is not None
+            try:
+                future = engine.submit(job, key=job.key, deadline=deadline)
+            except Overloaded:
+                raise _overloaded(entry.name, s) from None
+            except ShuttingDown:
+                raise ApiError(503, "shutting_down", "the service is shutting down",
+                               {"Retry-After": "1"}) from None
+            result = await _await_result(future, request, deadline)
+            queued = job.started - submitted
         done = time.perf_counter()
         inference = float(result.pop("inference_ms", 0.0))
         batch = int(result.pop("batch_size", 1))
@@ -543,10 +577,28 @@ def create_app(settings: Settings, models: Mapping[str, LoadedModel]) -> FastAPI
         if task == "textvqa":
             answers = body.get("answers") or []
             body["copied"] = bool(answers and answers[0].get("copied"))
-        body["timing_ms"] = {"queue": round(max(0.0, (job.started - submitted) * 1000), 3),
+        body["timing_ms"] = {"queue": round(max(0.0, queued * 1000), 3),
                              "inference": inference,
                              "total": round((done - t0) * 1000, 3), "batch_size": batch}
         return JSONResponse(body)
+
+    async def _await_remote(remote: CeleryClient, task: str, model: str, job: Job,
+                            request: Request, deadline: float) -> tuple[dict[str, Any], float]:
+        gone = asyncio.ensure_future(_until_disconnect(request.receive))
+        try:
+            return await remote.run(task, model, job, deadline, gone)
+        except QueueUnavailable as exc:
+            raise ApiError(503, "queue_unavailable", str(exc), {"Retry-After": "1"}) from None
+        except RemoteError as exc:
+            raise ApiError(exc.status, exc.code, exc.message) from None
+        except ConnectionAbortedError:
+            raise ApiError(499, "client_closed_request", "the client disconnected") from None
+        except TimeoutError:
+            raise ApiError(504, "deadline_exceeded",
+                           f"no result within {settings.request_timeout_s} s "
+                           "(PYTHIA_REQUEST_TIMEOUT_S)") from None
+        finally:
+            gone.cancel()
 
     async def _await_result(future: Future[Any], request: Request, deadline: float) -> Any:
         waiter = asyncio.wrap_future(future)
@@ -617,7 +669,7 @@ def create_app(settings: Settings, models: Mapping[str, LoadedModel]) -> FastAPI
     async def readyz() -> JSONResponse:
         """Readiness: 503 until the models are loaded and their engines run, and while
         draining."""
-        ok, why = state.ready()
+        ok, why = await state.ready()
         if not ok:
             return error_response(503, "not_ready", why, {"Retry-After": "1"})
         return JSONResponse({"status": "ready", "models": sorted(state.models),
