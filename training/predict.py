@@ -40,11 +40,12 @@ import argparse
 import contextlib
 import glob
 import json
+import math
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -230,27 +231,41 @@ def _predict_shard(model: BaseModel, processors: dict[str, Any], ds: BaseDataset
                    progress: bool, rank: int, world: int) -> int:
     """Predict this rank's part of ``ds`` into the JSON-lines ``shard``; returns its rows."""
     sampler = ShardSampler(len(ds), rank=rank, world_size=world)
-    loader = DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                        collate_fn=collate, pin_memory=dev.type == "cuda")
-    decode = output_decoder(model, processors, dataset, split, beam_size, max_length)
-    model.eval()
     n = 0
     shard.parent.mkdir(parents=True, exist_ok=True)
-    with shard.open("w", encoding="utf-8") as f, _progress(len(loader), progress) as bar:
-        for batch in loader:
-            for key in TRAINING_FIELDS:
-                batch.pop(key, None)
-            batch = {k: v.to(dev, non_blocking=True) if isinstance(v, torch.Tensor) else v
-                     for k, v in batch.items()}
-            batch["dataset"] = dataset
-            with _inference(dev):
-                rows = decode(batch)
+    total = math.ceil(len(sampler) / batch_size)
+    with shard.open("w", encoding="utf-8") as f, _progress(total, progress) as bar:
+        for rows in predict_rows(model, processors, ds, dataset, split, sampler, dev,
+                                 batch_size=batch_size, num_workers=num_workers,
+                                 beam_size=beam_size, max_length=max_length):
             for row in rows:
                 f.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n")
             n += len(rows)
             f.flush()
             bar(1)
     return n
+
+
+def predict_rows(model: BaseModel, processors: dict[str, Any], ds: BaseDataset, dataset: str,
+                 split: str, indices: Iterable[int], dev: torch.device, *, batch_size: int,
+                 num_workers: int = 0, beam_size: int = 1, max_length: int = 20
+                 ) -> Iterator[list[Row]]:
+    """EvalAI rows for the items ``indices`` of ``ds``, one list per batch, in order: the
+    prediction code of this module, of the trainer's evaluation and of the service's
+    batch-prediction jobs."""
+    loader = DataLoader(ds, batch_size=batch_size, sampler=list(indices),
+                        num_workers=num_workers, collate_fn=collate,
+                        pin_memory=dev.type == "cuda")
+    decode = output_decoder(model, processors, dataset, split, beam_size, max_length)
+    model.eval()
+    for batch in loader:
+        for key in TRAINING_FIELDS:
+            batch.pop(key, None)
+        batch = {k: v.to(dev, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                 for k, v in batch.items()}
+        batch["dataset"] = dataset
+        with _inference(dev):
+            yield decode(batch)
 
 
 def output_decoder(model: BaseModel, processors: dict[str, Any], dataset: str, split: str,
@@ -336,6 +351,40 @@ def _progress(total: int, enabled: bool) -> Iterator[Callable[[int], Any]]:
 
 
 # -- merging and validation ------------------------------------------------------------------
+def generic_split(dataset: str, split: str) -> str:
+    """The reader's split name for a generic or official one; PredictError if unknown."""
+    return _generic_split(dataset, split)
+
+
+def check_serves(model: BaseModel, dataset: str) -> None:
+    """PredictError unless ``model`` can predict ``dataset`` from raw images."""
+    _check_serves(model, dataset)
+
+
+def build_split(dataset: str, data_dir: str | os.PathLike[str], split: str,
+                processors: dict[str, Any]) -> BaseDataset:
+    """The reader of a split with a release's processors (and its exact image transform)."""
+    return _build_dataset(dataset, data_dir, split, processors)
+
+
+def expected_keys(ds: BaseDataset, dataset: str, data_dir: str | os.PathLike[str],
+                  split: str) -> list[Any]:
+    """The keys an EvalAI result for the split must cover, each once."""
+    return _expected_keys(ds, dataset, data_dir, split)
+
+
+def validate_rows(dataset: str, rows: Sequence[Any], expected: list[Any],
+                  num_options: int = 100) -> None:
+    """``evalai.SubmissionError`` unless ``rows`` cover ``expected`` exactly once."""
+    _validate(dataset, rows, expected, num_options)
+
+
+def row_key(dataset: str) -> Callable[[Row], Hashable]:
+    """The key identifying a result row of ``dataset`` (question id, image, (image, round))."""
+    return _row_key(dataset)
+
+
+
 def _shard_path(out: Path, rank: int) -> Path:
     return out.with_name(f"{out.name}.rank{rank}.jsonl")
 
