@@ -27,7 +27,10 @@ import asyncio
 import contextlib
 import hmac
 import json
+import logging
 import math
+import os
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
@@ -37,7 +40,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi_offline import FastAPIOffline
 from PIL import Image
 from prometheus_client import (
@@ -54,7 +57,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.engine import Batcher, DeadlineExceeded, Overloaded, ShuttingDown
 from service.images import ImageError, decode_base64_image, decode_image
-from service.remote import CeleryClient, QueueFull, QueueUnavailable, RemoteError
+from service.jobs import (
+    TASK_OF,
+    JobError,
+    JobRequest,
+    JobStore,
+    LocalJobs,
+    plan_job,
+    public_status,
+    stream_result,
+)
+from service.remote import REDIS_ERRORS, CeleryClient, QueueFull, QueueUnavailable, RemoteError
 from service.runners import Job, LoadedModel, TaskError
 from service.settings import Settings
 
@@ -68,6 +81,7 @@ OCR_DECODE_SIZE = 1024  # allowance for the non-image fields of a request body
 ROUTE_LABELS = {"/vqa", "/textvqa", "/caption", "/dialog", "/models", "/metrics", "/healthz",
                 "/readyz", "/"}
 DOCS_STATIC = "/docs-static"
+JOB_ID = re.compile(r"[0-9a-f]{32}")
 OPEN_PATHS = {"/", "/healthz", "/readyz", "/docs", "/openapi.json", "/docs/oauth2-redirect"}
 
 
@@ -294,6 +308,7 @@ class ServiceState:
         self.engines: dict[str, Batcher] = {}
         # PYTHIA_QUEUE=celery: requests go to workers through Redis; no engine here
         self.remote: CeleryClient | None = None
+        self._local_jobs: LocalJobs | None = None
         self.pool: ThreadPoolExecutor | None = None
         self.draining = False
         self.started = False
@@ -328,10 +343,23 @@ class ServiceState:
     def stop(self) -> None:
         """Drain: refuse new work, finish what is queued, stop the threads."""
         self.draining = True
+        if self._local_jobs is not None:
+            self._local_jobs.close()
         for engine in self.engines.values():
             engine.stop(drain=True, timeout=self.settings.request_timeout_s)
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def local_jobs(self) -> LocalJobs:
+        with self._lock:
+            if self._local_jobs is None:
+                self._local_jobs = LocalJobs()
+            return self._local_jobs
+
+    def job_store(self) -> JobStore:
+        if self.remote is not None:
+            return self.remote.jobs
+        return self.local_jobs().store
 
     async def ready(self) -> tuple[bool, str]:
         if self.draining:
@@ -456,12 +484,31 @@ def create_app(settings: Settings, models: Mapping[str, LoadedModel]) -> FastAPI
     app's lifespan and drain when it ends."""
     state = ServiceState(settings, models)
 
+    async def reconcile_forever(remote: CeleryClient) -> None:
+        """Celery mode: every few seconds, queue again job shards the broker lost."""
+        idle = float(os.environ.get("PYTHIA_JOB_IDLE_S", "30"))
+        loop = asyncio.get_running_loop()
+        log = logging.getLogger("pythia.service")
+        while True:
+            await asyncio.sleep(max(1.0, idle / 3))
+            try:
+                for job_id, shards in await loop.run_in_executor(
+                        state.pool, lambda: remote.reconcile_jobs(idle)):
+                    log.warning("job %s: shards %s had no message left; queued again",
+                                job_id, shards)
+            except Exception as exc:  # Redis down: the next round tries again
+                log.debug("job reconciliation skipped: %s", exc)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.start()
+        reconciler = asyncio.ensure_future(reconcile_forever(state.remote)) \
+            if state.remote is not None else None
         try:
             yield
         finally:
+            if reconciler is not None:
+                reconciler.cancel()
             await asyncio.get_running_loop().run_in_executor(None, state.stop)
             if state.remote is not None:
                 await state.remote.close()
@@ -654,6 +701,85 @@ def create_app(settings: Settings, models: Mapping[str, LoadedModel]) -> FastAPI
                            ("dialog", dialog)):
         app.add_api_route(f"/{task}", endpoint, methods=["POST"], name=task,
                           openapi_extra=_openapi_body(task))
+
+    # -- batch-prediction jobs (service.jobs) --------------------------------------------------
+    def _job_error(exc: JobError) -> ApiError:
+        return ApiError(exc.status, exc.code, exc.message)
+
+    async def _in_thread(fn: Callable[[], Any]) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(state.pool, fn)
+
+    async def _job_meta(job_id: str) -> dict[str, Any]:
+        if not JOB_ID.fullmatch(job_id):
+            raise ApiError(404, "job_not_found", f"no job {job_id!r}")
+        try:
+            meta = await _in_thread(lambda: state.job_store().get(job_id))
+        except REDIS_ERRORS as exc:
+            raise ApiError(503, "queue_unavailable", f"Redis is unreachable: {exc}",
+                           {"Retry-After": "1"}) from None
+        if meta is None:
+            raise ApiError(404, "job_not_found", f"no job {job_id!r} (jobs expire; local-mode "
+                           "jobs live as long as the process)")
+        return dict(meta)
+
+    @app.post("/jobs", status_code=202)
+    async def create_job(request: Request) -> JSONResponse:
+        """Start an EvalAI batch prediction over a dataset split under PYTHIA_DATA_ROOT."""
+        try:
+            data = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, "invalid_json", "the body must be a JSON object")
+        try:
+            req = JobRequest.model_validate(data)
+        except ValidationError as exc:
+            raise ApiError(422, "invalid_field", _field_errors(exc)) from None
+        if state.draining:
+            raise ApiError(503, "shutting_down", "the service is shutting down",
+                           {"Retry-After": "1"})
+        if TASK_OF[req.dataset] != req.task:
+            raise ApiError(422, "invalid_field", f"task {req.task!r} does not predict "
+                           f"{req.dataset} (that is {TASK_OF[req.dataset]!r})")
+        entry = state.pick(req.task, req.model)
+        try:
+            entry.front.check(req.task, req.dataset if entry.front.family == "multitask"
+                              else None)
+            meta = await _in_thread(lambda: plan_job(req, entry.front,
+                                                     Path(settings.data_root), entry.name))
+        except TaskError as exc:
+            raise ApiError(exc.status, exc.code, exc.message) from None
+        except JobError as exc:
+            raise _job_error(exc) from None
+        if state.remote is not None:
+            remote = state.remote
+            try:
+                await _in_thread(lambda: remote.submit_job(meta))
+            except REDIS_ERRORS as exc:
+                raise ApiError(503, "queue_unavailable", f"Redis is unreachable: {exc}",
+                               {"Retry-After": "1"}) from None
+        else:
+            assert entry.runner is not None
+            state.local_jobs().submit(meta, entry.runner.predictor)
+        return JSONResponse(public_status(meta), status_code=202,
+                            headers={"Location": f"/jobs/{meta['job_id']}"})
+
+    @app.get("/jobs/{job_id}")
+    async def job_status(job_id: str) -> dict[str, Any]:
+        """A job's status and progress (done / total items)."""
+        return public_status(await _job_meta(job_id))
+
+    @app.get("/jobs/{job_id}/result")
+    async def job_result(job_id: str) -> StreamingResponse:
+        """The EvalAI result file of a finished job, streamed."""
+        meta = await _job_meta(job_id)
+        if meta["status"] != "done":
+            raise ApiError(409, "job_not_done", f"job {job_id} is {meta['status']}"
+                           + (f": {meta['error']}" if meta.get("error") else ""))
+        name = f"{meta['dataset']}_{meta['split']}_{job_id[:8]}.json"
+        return StreamingResponse(stream_result(state.job_store(), job_id, int(meta["shards"])),
+                                 media_type="application/json",
+                                 headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
     @app.get("/models")
     async def list_models() -> dict[str, Any]:

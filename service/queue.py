@@ -20,7 +20,9 @@ Celery settings and why (its documentation's known traps):
   task ran, so a worker killed mid-task leaves it to be redelivered (jobs rely on this);
 * ``broker_transport_options.visibility_timeout`` (``PYTHIA_VISIBILITY_TIMEOUT_S``, 3600):
   Redis redelivers an unacknowledged message after this long; it must stay above the longest
-  task (a job shard), or a running task is delivered twice. Job shards are idempotent anyway;
+  task (a job shard), or a running task is delivered twice. Job shards are idempotent anyway.
+  Abandoned messages are looked for every min(10 s, timeout / 2) (kombu's default sweep is
+  every 100 s whatever the timeout);
 * ``worker_prefetch_multiplier`` 1: a worker reserves as many messages as it has threads
   (``--concurrency``, sized to the batch), no more, so another worker can take the rest;
 * the ``threads`` pool is the one to use (many task threads feed one batcher and one GPU);
@@ -74,7 +76,13 @@ def make_celery(settings: Settings | None = None) -> Celery:
         "task_queues": [Queue(q, routing_key=q) for q in [*TASK_QUEUES.values(), JOB_QUEUE]],
         "task_routes": {**{f"pythia.{t}": {"queue": q} for t, q in TASK_QUEUES.items()},
                         "pythia.job_shard": {"queue": JOB_QUEUE}},
+        # kombu sweeps for abandoned (unacknowledged, past the visibility timeout) messages
+        # every interval x throttle seconds: 100 s by default, whatever the timeout. Sweep
+        # every min(10 s, timeout / 2) instead, so a killed worker's tasks come back soon.
         "broker_transport_options": {"visibility_timeout": timeout,
+                                     "unacked_restore_interval": max(1, min(10,
+                                                                            int(timeout / 2))),
+                                     "unacked_restore_throttle": 1,
                                      "socket_timeout": 5, "socket_connect_timeout": 2},
         "broker_connection_retry_on_startup": True,
         "task_publish_retry": False,  # a Redis outage must answer 503 now, not hang

@@ -20,11 +20,12 @@ import redis
 import redis.asyncio as aredis
 from kombu.exceptions import OperationalError
 
-from service.queue import TASK_QUEUES, cancel_key, make_celery, result_key
+from service.jobs import RedisJobStore
+from service.queue import JOB_QUEUE, TASK_QUEUES, cancel_key, make_celery, result_key
 from service.runners import Job
 from service.settings import Settings
 
-__all__ = ["CeleryClient", "QueueFull", "QueueUnavailable", "RemoteError"]
+__all__ = ["REDIS_ERRORS", "CeleryClient", "QueueFull", "QueueUnavailable", "RemoteError"]
 
 REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
                 OperationalError, ConnectionError, OSError)
@@ -56,6 +57,49 @@ class CeleryClient:
         self.publisher = ThreadPoolExecutor(4, thread_name_prefix="publish")
         self._healthy_until = 0.0
         self.last_error = ""
+        # Jobs (service.jobs) keep their state in Redis; a small synchronous client for them
+        self.jobs = RedisJobStore(redis.Redis.from_url(settings.redis_url, socket_timeout=5,
+                                                       socket_connect_timeout=2))
+
+    def submit_job(self, meta: dict[str, Any]) -> None:
+        """Store a planned job and queue one ``pythia.job_shard`` task per shard (blocking:
+        call it from a thread)."""
+        self.jobs.create(meta["job_id"], {**meta, "progress_at": time.time()})
+        self.jobs.r.sadd(self.jobs.ACTIVE, meta["job_id"])
+        for i in range(int(meta["shards"])):
+            self.celery.send_task("pythia.job_shard", args=[meta["job_id"], i],
+                                  queue=JOB_QUEUE)
+
+    def reconcile_jobs(self, idle_s: float) -> list[tuple[str, list[int]]]:
+        """Queue again the shards of active jobs that no worker will run: not done, no message
+        in the queue, none awaiting acknowledgement, and the job idle for ``idle_s``. The Redis
+        transport can lose a message when a worker dies between taking it from the list and
+        recording it as unacknowledged; shards are idempotent, so a rare duplicate is
+        harmless. Blocking (call it from a thread); returns what it queued again."""
+        requeued: list[tuple[str, list[int]]] = []
+        active = [x.decode() if isinstance(x, bytes) else str(x)
+                  for x in self.jobs.r.smembers(self.jobs.ACTIVE)]
+        if not active:
+            return requeued
+        pending = self.jobs.queued_shards(JOB_QUEUE)
+        now = time.time()
+        for job_id in active:
+            meta = self.jobs.get(job_id)
+            if meta is None or meta.get("status") in ("done", "failed"):
+                self.jobs.r.srem(self.jobs.ACTIVE, job_id)
+                continue
+            if now - float(meta.get("progress_at") or meta.get("created_at") or now) < idle_s:
+                continue
+            missing = sorted(set(range(int(meta["shards"]))) - self.jobs.done_shards(job_id)
+                             - pending.get(job_id, set()))
+            if not missing:
+                continue
+            self.jobs.update(job_id, progress_at=now,
+                             requeued=int(meta.get("requeued") or 0) + len(missing))
+            for i in missing:
+                self.celery.send_task("pythia.job_shard", args=[job_id, i], queue=JOB_QUEUE)
+            requeued.append((job_id, missing))
+        return requeued
 
     async def reachable(self) -> bool:
         """Redis answers a PING (cached for half a second)."""

@@ -92,6 +92,8 @@ class ModelFront:
 
     def __init__(self, model: Any, processors: dict[str, Any], *,
                  ocr_engine: OCREngine | None = None) -> None:
+        self.model = model  # the real model, or its weightless skeleton
+        self.processors = processors
         self.family: str = model.family
         self.hparams: dict[str, Any] = dict(model.hparams)
         transform = processors.get("image_transform")

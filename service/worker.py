@@ -24,6 +24,7 @@ import redis
 from celery.signals import worker_process_init, worker_ready
 
 from service.engine import Batcher, DeadlineExceeded, EngineError
+from service.jobs import RedisJobStore, run_shard
 from service.queue import TASK_QUEUES, cancel_key, make_celery, result_key
 from service.runners import Job, LoadedModel, TaskError, load_model
 from service.settings import Settings
@@ -126,6 +127,28 @@ def _register(kind: str) -> None:
 
 for _kind in TASK_QUEUES:
     _register(_kind)
+
+
+_jobs: RedisJobStore | None = None
+
+
+@app.task(name="pythia.job_shard", bind=True)
+def job_shard(self: Any, job_id: str, index: int) -> None:
+    """One shard of a batch-prediction job (``service.jobs``): idempotent, so a redelivery
+    after a worker died only overwrites the same rows."""
+    global _jobs
+    if _jobs is None:
+        _jobs = RedisJobStore(_client())
+    meta = _jobs.get(job_id)
+    if meta is None:
+        return  # expired or unknown: nothing to do
+    engines()
+    model = _models.get(str(meta["model"]))
+    if model is None or model.runner is None:
+        _jobs.update(job_id, status="failed", error=f"this worker does not serve model "
+                     f"{meta['model']!r}")
+        return
+    run_shard(_jobs, model.runner.predictor, job_id, index)
 
 
 @worker_process_init.connect
