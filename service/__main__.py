@@ -105,7 +105,7 @@ def _draining_server(config: Any, state: Any) -> Any:
                 self.force_exit = True
                 self.should_exit = True
                 return
-            state.draining = True
+            state.begin_drain()
             logging.getLogger("pythia.service").info(
                 "signal %d: draining (%d request(s) in flight)", sig, state.in_flight)
             threading.Thread(target=self._drain, daemon=True).start()

@@ -247,6 +247,7 @@ class Observe:
             await send(message)
 
         t0 = time.perf_counter()
+        scope["pythia.arrival"] = time.monotonic()
         self.state.in_flight += 1
         metrics.in_flight.inc()
         try:
@@ -311,6 +312,7 @@ class ServiceState:
         self._local_jobs: LocalJobs | None = None
         self.pool: ThreadPoolExecutor | None = None
         self.draining = False
+        self.drain_started = math.inf  # time.monotonic() of the signal that began draining
         self.started = False
         self.in_flight = 0
         self._lock = threading.Lock()
@@ -340,9 +342,21 @@ class ServiceState:
             self.pool.submit(entry.front.warm_up)  # OCR engines load in the background
         self.started = True
 
+    def begin_drain(self) -> None:
+        """Readiness off; requests that arrive from now on are refused (503), those already
+        here (even still uploading) are served."""
+        if not self.draining:
+            self.drain_started = time.monotonic()
+            self.draining = True
+
+    def refuses(self, request: Request) -> bool:
+        """Whether ``request`` came after draining began."""
+        arrived = float(request.scope.get("pythia.arrival", time.monotonic()))
+        return self.draining and arrived >= self.drain_started
+
     def stop(self) -> None:
         """Drain: refuse new work, finish what is queued, stop the threads."""
-        self.draining = True
+        self.begin_drain()
         if self._local_jobs is not None:
             self._local_jobs.close()
         for engine in self.engines.values():
@@ -556,7 +570,7 @@ def create_app(settings: Settings, models: Mapping[str, LoadedModel]) -> FastAPI
             dataset = entry.front.check(task, getattr(params, "dataset", None))
         except TaskError as exc:
             raise ApiError(exc.status, exc.code, exc.message) from None
-        if state.draining:
+        if state.refuses(request):
             raise ApiError(503, "shutting_down", "the service is shutting down; retry on "
                            "another replica", {"Retry-After": "1"})
         remote = state.remote
@@ -735,7 +749,7 @@ def create_app(settings: Settings, models: Mapping[str, LoadedModel]) -> FastAPI
             req = JobRequest.model_validate(data)
         except ValidationError as exc:
             raise ApiError(422, "invalid_field", _field_errors(exc)) from None
-        if state.draining:
+        if state.refuses(request):
             raise ApiError(503, "shutting_down", "the service is shutting down",
                            {"Retry-After": "1"})
         if TASK_OF[req.dataset] != req.task:

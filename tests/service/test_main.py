@@ -3,12 +3,15 @@ off at once, requests in flight finish, exit 0)."""
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -37,40 +40,57 @@ def test_start_errors(tmp_path: Path, demo_release: Path) -> None:
 
 def test_sigterm_drains(demo_release: Path, image_bytes: bytes) -> None:
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHIA_MAX_BATCH_SIZE": "1",
-           "PYTHIA_DEVICE": "cpu"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHIA_DEVICE": "cpu"}
     proc = subprocess.Popen([sys.executable, "-m", "service", "--model", f"demo={demo_release}",
                              "--port", str(port)], cwd=REPO, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    n = 8
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         assert f"http://127.0.0.1:{port}/" in line, line
         url = f"http://127.0.0.1:{port}"
         assert httpx.get(f"{url}/readyz").status_code == 200
+        body = json.dumps({"image": base64.b64encode(image_bytes).decode(),
+                           "question": "what color is the circle?"}).encode()
         results: list[int] = []
         lock = threading.Lock()
 
-        def caption() -> None:
+        def trickle() -> Iterator[bytes]:  # a slow client: the upload takes ~2 s
+            step = len(body) // 20 + 1
+            for i in range(0, len(body), step):
+                time.sleep(0.1)
+                yield body[i:i + step]
+
+        def ask() -> None:
             with httpx.Client(timeout=60) as c:
-                r = c.post(f"{url}/caption", files={"image": ("a.jpg", image_bytes)},
-                           data={"beam_size": "10", "max_length": "50"})
+                r = c.post(f"{url}/vqa", content=trickle(),
+                           headers={"content-type": "application/json"})
             with lock:
                 results.append(r.status_code)
 
-        threads = [threading.Thread(target=caption) for _ in range(24)]
+        threads = [threading.Thread(target=ask) for _ in range(n)]
         for t in threads:
             t.start()
-        time.sleep(0.5)  # requests are queued behind one another (batch size 1)
-        proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        in_flight = 0.0
+        while time.monotonic() < deadline and in_flight < n + 1:  # + this /metrics call
+            text = httpx.get(f"{url}/metrics").text
+            in_flight = next(float(x.split()[-1]) for x in text.splitlines()
+                             if x.startswith("pythia_requests_in_flight "))
+        assert in_flight >= n + 1, "the uploads did not all start"
+        proc.send_signal(signal.SIGTERM)  # while every upload is still going
         time.sleep(0.1)
         ready = httpx.get(f"{url}/readyz")
         assert ready.status_code == 503 and ready.json()["error"]["code"] == "not_ready"
         assert "draining" in ready.json()["error"]["message"]
+        late = httpx.post(f"{url}/vqa", content=body,
+                          headers={"content-type": "application/json"})
+        assert late.status_code == 503 and late.json()["error"]["code"] == "shutting_down"
         for t in threads:
             t.join(60)
         assert proc.wait(60) == 0
-        assert results == [200] * 24  # every request in flight finished
+        assert results == [200] * n  # every request in flight at the signal finished
     finally:
         if proc.poll() is None:
             proc.kill()
