@@ -232,17 +232,24 @@ def _split_for(predictor: Any, dataset: str, data_dir: str, split: str) -> Any:
         return ds
 
 
-def run_shard(store: JobStore, predictor: Any, job_id: str, index: int) -> None:
+def run_shard(store: JobStore, predictor: Any, job_id: str, index: int,
+              data_root: Path | None = None) -> None:
     """Predict shard ``index`` of a job with ``predictor`` (a ``models.Predictor``) and store
     it; the last shard to complete validates the job and marks it done. Errors mark the job
-    failed (and are raised again, so a Celery task fails visibly)."""
+    failed (and are raised again, so a Celery task fails visibly). ``data_root``: resolve
+    the job's ``data_dir`` under it (workers) instead of using the API's path."""
     meta = store.get(job_id)
     if meta is None or meta.get("status") in ("done", "failed"):
         return
     if meta.get("status") == "queued":
         store.update(job_id, status="running", started_at=time.time())
     try:
-        ds = _split_for(predictor, meta["dataset"], meta["data_path"], meta["split"])
+        # A worker finds the data under its own PYTHIA_DATA_ROOT (the same files, mounted
+        # where that machine has them); in-process, the path the API resolved.
+        path = str(resolve_data_dir(data_root, meta["data_dir"])) if data_root is not None \
+            else meta["data_path"]
+        meta["data_path"] = path
+        ds = _split_for(predictor, meta["dataset"], path, meta["split"])
         start = index * int(meta["shard_size"])
         stop = min(int(meta["total"]), start + int(meta["shard_size"]))
         rows: list[Any] = []

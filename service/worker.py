@@ -18,6 +18,7 @@ import json
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -148,7 +149,7 @@ def job_shard(self: Any, job_id: str, index: int) -> None:
         _jobs.update(job_id, status="failed", error=f"this worker does not serve model "
                      f"{meta['model']!r}")
         return
-    run_shard(_jobs, model.runner.predictor, job_id, index)
+    run_shard(_jobs, model.runner.predictor, job_id, index, Path(settings.data_root))
 
 
 @worker_process_init.connect
