@@ -24,7 +24,9 @@ Run directory (``run.save_dir``)::
 
 A checkpoint holds the model, optimizer, scheduler, GradScaler, update count, sampler
 position (batches consumed in the epoch) and every rank's RNG states (python, numpy, torch,
-CUDA), so ``run.resume=true`` continues exactly where the checkpoint was written.
+CUDA), so ``run.resume=true`` continues exactly where the checkpoint was written. It holds
+only tensors, numbers, strings and containers of them, and is read with
+``torch.load(weights_only=True)``: loading a checkpoint never runs pickled code.
 """
 
 from __future__ import annotations
@@ -138,16 +140,27 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(),
-                             "torch": torch.get_rng_state()}
+    """Every RNG's state in types ``torch.load(weights_only=True)`` accepts (tensors, lists,
+    numbers, strings): the numpy key array travels as a tensor."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state: dict[str, Any] = {
+        "python": [version, list(internal), gauss_next],
+        "numpy": [str(kind), torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos),
+                  int(has_gauss), float(gauss)],
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: Mapping[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss_next = state["python"]
+    random.setstate((int(version), tuple(int(x) for x in internal), gauss_next))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((str(kind), np.asarray(keys, dtype=np.uint32), int(pos),
+                         int(has_gauss), float(gauss)))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -479,8 +492,8 @@ class Trainer:
             dist.barrier()
 
     def load_checkpoint(self, path: Path) -> None:
-        # Our own checkpoint (pickled RNG states and config), hence weights_only=False.
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        # Tensors, numbers, strings and containers only: nothing is unpickled beyond those.
+        state = torch.load(path, map_location="cpu", weights_only=True)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -627,7 +640,7 @@ class Trainer:
         metrics: dict[str, Any] = dict(self.last_metrics)
         best_path = self.ckpt_dir / "best.pt"
         if self.cfg.trainer.early_stop.metric is not None and best_path.is_file():
-            state = torch.load(best_path, map_location="cpu", weights_only=False)
+            state = torch.load(best_path, map_location="cpu", weights_only=True)
             self.model.load_state_dict(state["model"])
             metrics = {"best_update": self.best_update, "best": self.best}
             self.log({"event": "restored_best", "best_update": self.best_update})

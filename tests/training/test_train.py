@@ -47,7 +47,7 @@ def _records(save_dir: Path, event: str) -> list[dict[str, Any]]:
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = torch.load(path, map_location="cpu",
-                                                weights_only=False)["model"]
+                                                weights_only=True)["model"]
     return state
 
 
@@ -118,7 +118,7 @@ def test_sigterm_saves_checkpoint(data_root: Path, tmp_path: Path,
     run = tmp_path / "run"
     assert main(_args(data_root, run, "trainer.max_updates=10")) == SIGTERM_EXIT
     state = torch.load(run / "checkpoints" / "current.pt", map_location="cpu",
-                       weights_only=False)
+                       weights_only=True)
     assert state["update"] == 3 and state["sampler"] == {"epoch": 0, "position": 3}
 
 
@@ -180,7 +180,7 @@ def test_checkpoint_holds_the_same_updates_evaluation(data_root: Path, tmp_path:
     losses = [r["vqa2/loss"] for r in _records(run, "eval")]
     assert len(losses) == 2
     state = torch.load(run / "checkpoints" / "current.pt", map_location="cpu",
-                       weights_only=False)
+                       weights_only=True)
     best = min(range(2), key=lambda i: losses[i])
     assert state["early_stop"]["best"] == pytest.approx(losses[best])
     assert state["early_stop"]["best_update"] == 3 * (best + 1)
