@@ -24,7 +24,9 @@ queue. Responses carry ``timing_ms``: ``queue`` (submitted -> its batch began), 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import hashlib
 import hmac
 import json
 import logging
@@ -69,7 +71,7 @@ from service.jobs import (
 )
 from service.remote import REDIS_ERRORS, CeleryClient, QueueFull, QueueUnavailable, RemoteError
 from service.runners import Job, LoadedModel, TaskError
-from service.settings import Settings
+from service.settings import Settings, parse_rate
 
 __all__ = ["ApiError", "ServiceState", "create_app"]
 
@@ -212,6 +214,37 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
 
+class RateLimiter:
+    """Token buckets per client: ``capacity`` requests, refilled over ``period`` seconds.
+    At most ``max_clients`` buckets are kept (the least recently seen are forgotten)."""
+
+    def __init__(self, capacity: int, period: float, max_clients: int = 100_000) -> None:
+        self.capacity, self.rate = float(capacity), capacity / period
+        self.max_clients = max_clients
+        self._buckets: collections.OrderedDict[str, tuple[float, float]] = \
+            collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def take(self, client: str) -> float:
+        """0 if the request may go, else the seconds until one token is back."""
+        now = time.monotonic()
+        with self._lock:
+            tokens, last = self._buckets.pop(client, (self.capacity, now))
+            tokens = min(self.capacity, tokens + (now - last) * self.rate)
+            wait = 0.0
+            if tokens >= 1.0:
+                tokens -= 1.0
+            else:
+                wait = (1.0 - tokens) / self.rate
+            self._buckets[client] = (tokens, now)
+            while len(self._buckets) > self.max_clients:
+                self._buckets.popitem(last=False)
+            return wait
+
+
+RATE_LIMITED = {"/vqa", "/textvqa", "/caption", "/dialog", "/jobs"}
+
+
 class Observe:
     """ASGI middleware: the API key check, in-flight count and request metrics (plain ASGI,
     not ``BaseHTTPMiddleware``: no extra task per request, and disconnects reach the route)."""
@@ -220,6 +253,8 @@ class Observe:
         self.app, self.state = app, state
         key = state.settings.api_key
         self.key = key.get_secret_value().encode() if key is not None else None
+        rate = state.settings.rate_limit
+        self.limiter = RateLimiter(*parse_rate(rate)) if rate else None
 
     async def __call__(self, scope: MutableMapping[str, Any],
                        receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
@@ -238,6 +273,15 @@ class Observe:
             metrics.requests.labels(label, "401").inc()
             await response(scope, receive, send)
             return
+        if self.limiter is not None and path in RATE_LIMITED and scope["method"] == "POST":
+            wait = self.limiter.take(self._client(scope))
+            if wait > 0:
+                response = error_response(
+                    429, "rate_limited", f"over {self.state.settings.rate_limit} for this "
+                    "client (PYTHIA_RATE_LIMIT)", {"Retry-After": str(max(1, math.ceil(wait)))})
+                metrics.requests.labels(label, "429").inc()
+                await response(scope, receive, send)
+                return
         status = 500
 
         async def record(message: MutableMapping[str, Any]) -> None:
@@ -257,6 +301,16 @@ class Observe:
             metrics.in_flight.dec()
             metrics.requests.labels(label, str(status)).inc()
             metrics.latency.labels(label).observe(time.perf_counter() - t0)
+
+    @staticmethod
+    def _client(scope: MutableMapping[str, Any]) -> str:
+        """Who a request counts against: its API key (hashed, never kept in clear) when it
+        sends one, else its address."""
+        for name, value in scope.get("headers", ()):
+            if name in (b"x-api-key", b"authorization"):
+                return "key:" + hashlib.sha256(value).hexdigest()[:16]
+        client = scope.get("client") or ("?", 0)
+        return f"addr:{client[0]}"
 
     def _authorized(self, scope: MutableMapping[str, Any]) -> bool:
         given = b""
@@ -559,6 +613,13 @@ def create_app(settings: Settings, models: Mapping[str, LoadedModel]) -> FastAPI
         return error_response(500, "internal_error", "internal error; see the server log")
 
     app.add_middleware(Observe, state=state)
+    if settings.cors_origins:  # off unless configured
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+                           allow_methods=["GET", "POST"],
+                           allow_headers=["authorization", "x-api-key", "content-type"],
+                           max_age=600)
 
     async def handle(task: str, request: Request) -> JSONResponse:
         t0 = time.perf_counter()

@@ -19,6 +19,10 @@ Variables (defaults in brackets):
 * ``PYTHIA_MAX_IMAGE_PIXELS`` the largest decoded image, width x height [40,000,000]
 * ``PYTHIA_MAX_QUESTION_CHARS`` the longest accepted question [500]
 * ``PYTHIA_DECODE_THREADS`` threads decoding uploads off the event loop [4]
+* ``PYTHIA_CORS_ORIGINS`` origins allowed to call the API from a browser, comma-separated
+  (``*`` for any); CORS is off when empty [empty]
+* ``PYTHIA_RATE_LIMIT`` requests per client (API key, else address) on the inference routes
+  and ``POST /jobs``, e.g. ``120/minute``; over it, 429 with Retry-After [no limit]
 * ``PYTHIA_HOST`` / ``PYTHIA_PORT`` where ``python -m service`` listens [127.0.0.1 / 8000]
 """
 
@@ -31,7 +35,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["ModelSpec", "Settings", "parse_model_specs"]
+__all__ = ["ModelSpec", "Settings", "parse_model_specs", "parse_rate"]
 
 
 class ModelSpec:
@@ -70,6 +74,21 @@ def parse_model_specs(entries: list[str]) -> list[ModelSpec]:
     return specs
 
 
+PERIODS = {"second": 1.0, "minute": 60.0, "hour": 3600.0}
+
+
+def parse_rate(text: str) -> tuple[int, float]:
+    """``"120/minute"`` -> (120 requests, 60.0 seconds); ValueError naming the format."""
+    count, sep, period = text.strip().partition("/")
+    try:
+        n = int(count)
+    except ValueError:
+        n = 0
+    if not sep or n < 1 or period.strip().rstrip("s") not in PERIODS:
+        raise ValueError(f"rate_limit {text!r}: expected N/second, N/minute or N/hour")
+    return n, PERIODS[period.strip().rstrip("s")]
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PYTHIA_", extra="ignore")
 
@@ -87,6 +106,8 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=40_000_000, ge=64 * 64)
     max_question_chars: int = Field(default=500, ge=1, le=100_000)
     decode_threads: int = Field(default=4, ge=1, le=256)
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    rate_limit: str | None = None  # per client on the inference routes, e.g. "120/minute"
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
 
@@ -104,6 +125,21 @@ class Settings(BaseSettings):
             else:
                 value = [p for p in text.split(",") if p.strip()]
         return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [o.strip() for o in value.split(",") if o.strip()]
+        return value
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _check_rate(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parse_rate(value)
+        return value.strip()
 
     @field_validator("device")
     @classmethod
