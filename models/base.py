@@ -33,6 +33,11 @@ class BaseModel(nn.Module):
     family: ClassVar[str] = ""
     tasks: ClassVar[tuple[str, ...]] = ()
     multi_dataset: ClassVar[bool] = False
+    #: processor name -> the hyper-parameter its size must equal (checked when a release
+    #: loads); ``answer_space_<dataset>`` is checked against ``answer_spaces[dataset]``.
+    processor_sizes: ClassVar[dict[str, str]] = {
+        "answer_space": "num_answers", "vocab": "vocab_size",
+        "caption_vocab": "caption_vocab_size"}
     config_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, hparams: Mapping[str, Any]) -> None:

@@ -68,6 +68,7 @@ SHAPES_RECIPE: dict[str, Any] = {
 class BUTD(BaseModel, VisualMixin):
     family = "butd"
     tasks = ("caption",)
+    processor_sizes: ClassVar[dict[str, str]] = {"caption_vocab": "vocab_size"}
     config_defaults: ClassVar[dict[str, Any]] = {
         **{k: v for k, v in PUBLISHED_RECIPE.items() if k != "vocab_size"},
         # Raw-image mode (the trainer's default) needs a backbone, as in pythia.

@@ -388,6 +388,7 @@ def load(
         model.to(target_dtype)
     _load_weights(model, root, strict=strict)
     processors = _load_processors(root, config["processors"])
+    _check_processor_sizes(model, processors, root)
     model.to(device)
     model.eval()
     return model, processors
@@ -403,6 +404,7 @@ def load_skeleton(directory: str | os.PathLike[str]) -> tuple[BaseModel, dict[st
     with torch.device("meta"):
         model = _build(config, root)
     processors = _load_processors(root, config["processors"])
+    _check_processor_sizes(model, processors, root)
     return model.eval(), processors
 
 
@@ -733,6 +735,29 @@ def _load_processors(root: Path, names: list[str]) -> dict[str, Any]:
         raise ReleaseError(f"{pdir}: unexpected processor file(s) {', '.join(extra)} "
                            f"(not listed in config.json)")
     return procs
+
+
+def _check_processor_sizes(model: BaseModel, processors: Mapping[str, Any], root: Path) -> None:
+    """A processor must fit the weights it came with: an answer space, vocabulary or caption
+    vocabulary whose size differs from the hyper-parameter that sized the layers (e.g. a
+    checkpoint trained for another answer space) is refused, not silently misread."""
+    hparams = model.hparams
+    sizes = type(model).processor_sizes
+    for name, proc in processors.items():
+        try:
+            n = len(proc)
+        except TypeError:
+            continue  # transforms and OCR settings have no size
+        if name.startswith("answer_space_"):
+            expected = (hparams.get("answer_spaces") or {}).get(name[len("answer_space_"):])
+            key = f"answer_spaces[{name[len('answer_space_'):]}]"
+        else:
+            key = sizes.get(name, "")
+            expected = hparams.get(key) if key else None
+        if expected is not None and int(expected) != n:
+            raise ReleaseError(f"{root / PROCESSOR_DIR / (name + '.json')}: {n} entries but the "
+                               f"model was built for {key}={expected}: the processor does not "
+                               "belong to these weights")
 
 
 __all__ = [

@@ -70,19 +70,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     from service.runners import load_model
 
     models = {}
+    failed: dict[str, str] = {}
     for spec in specs:
         t0 = time.perf_counter()
         try:
             # Celery mode: the workers hold the weights; the API needs only the front.
             models[spec.name] = load_model(spec.name, spec.path, device=settings.device,
                                            weights=settings.queue == "local")
-        except (ReleaseError, OSError, ValueError, RuntimeError) as exc:
+        except (ReleaseError, OSError, ValueError, RuntimeError, KeyError) as exc:
+            # Serve the others; /readyz and /models name this one and why.
             print(f"error: model {spec.name!r} ({spec.path}): {exc}", file=sys.stderr)
-            return 1
+            failed[spec.name] = str(exc)
+            continue
         logging.getLogger("pythia.service").info(
             "loaded %s from %s in %.1f s (tasks: %s)", spec.name, spec.path,
             time.perf_counter() - t0, ", ".join(models[spec.name].front.tasks))
-    app = create_app(settings, models)
+    if not models:
+        print("error: no model could be loaded", file=sys.stderr)
+        return 1
+    app = create_app(settings, models, failed)
     config = uvicorn.Config(app, host=settings.host, port=settings.port,
                             log_level=args.log_level, access_log=False,
                             timeout_graceful_shutdown=int(settings.request_timeout_s) + 5)

@@ -356,9 +356,11 @@ def _depth_of(engine: Batcher) -> Callable[[], float]:
 class ServiceState:
     """What the routes share: models, engines, the decoding pool, readiness."""
 
-    def __init__(self, settings: Settings, models: Mapping[str, LoadedModel]) -> None:
+    def __init__(self, settings: Settings, models: Mapping[str, LoadedModel],
+                 failed: Mapping[str, str] | None = None) -> None:
         self.settings = settings
         self.models = dict(models)
+        self.failed = dict(failed or {})  # model name -> why its release did not load
         self.metrics = Metrics()
         self.engines: dict[str, Batcher] = {}
         # PYTHIA_QUEUE=celery: requests go to workers through Redis; no engine here
@@ -446,6 +448,9 @@ class ServiceState:
     def pick(self, task: str, name: str | None) -> LoadedModel:
         if name is not None:
             entry = self.models.get(name)
+            if entry is None and name in self.failed:
+                raise ApiError(503, "model_unavailable",
+                               f"model {name!r} failed to load: {self.failed[name]}")
             if entry is None:
                 raise ApiError(404, "model_not_found",
                                f"no model named {name!r}; loaded: {sorted(self.models)}")
@@ -547,10 +552,12 @@ async def _until_disconnect(receive: Callable[[], Awaitable[MutableMapping[str, 
 
 
 # -- the app --------------------------------------------------------------------------------------
-def create_app(settings: Settings, models: Mapping[str, LoadedModel]) -> FastAPI:
+def create_app(settings: Settings, models: Mapping[str, LoadedModel],
+               failed: Mapping[str, str] | None = None) -> FastAPI:
     """The app over already loaded ``models`` ({name: LoadedModel}); engines start with the
-    app's lifespan and drain when it ends."""
-    state = ServiceState(settings, models)
+    app's lifespan and drain when it ends. ``failed`` ({name: error}) lists releases that did
+    not load: the service runs with the others and says so in /readyz and /models."""
+    state = ServiceState(settings, models, failed)
 
     async def reconcile_forever(remote: CeleryClient) -> None:
         """Celery mode: every few seconds, queue again job shards the broker lost."""
@@ -859,7 +866,8 @@ def create_app(settings: Settings, models: Mapping[str, LoadedModel]) -> FastAPI
     @app.get("/models")
     async def list_models() -> dict[str, Any]:
         """The loaded models: tasks, answer heads, version, metrics at export."""
-        return {"models": [m.info() for m in state.models.values()]}
+        return {"models": [m.info() for m in state.models.values()],
+                "failed": [{"name": n, "error": e} for n, e in sorted(state.failed.items())]}
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -873,8 +881,11 @@ def create_app(settings: Settings, models: Mapping[str, LoadedModel]) -> FastAPI
         ok, why = await state.ready()
         if not ok:
             return error_response(503, "not_ready", why, {"Retry-After": "1"})
-        return JSONResponse({"status": "ready", "models": sorted(state.models),
-                             "queue": settings.queue})
+        body: dict[str, Any] = {"status": "degraded" if state.failed else "ready",
+                                "models": sorted(state.models), "queue": settings.queue}
+        if state.failed:
+            body["failed"] = dict(sorted(state.failed.items()))
+        return JSONResponse(body)
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -493,3 +493,25 @@ def test_oversized_json_is_refused(release: Path, monkeypatch: pytest.MonkeyPatc
     with pytest.raises(ReleaseError, match=r"config.json: config file is \d+ bytes, over the "
                                            r"limit of 64"):
         load(release)
+
+
+def test_processor_for_another_answer_space_is_refused(tmp_path: Path) -> None:
+    import json
+
+    from models import create_model
+    from models.processors import AnswerSpace, Vocabulary
+
+    vocab = Vocabulary(["what", "color"])
+    space = AnswerSpace(["red", "blue", "green"])
+    model = create_model("pythia", vocab_size=len(vocab), num_answers=len(space),
+                         embedding_dim=8, hidden_dim=8, image_dim=8, attention_dim=8,
+                         fusion_dim=8, classifier_dim=8, classifier_text_dim=8)
+    release = save_pretrained(model, tmp_path / "r", processors={"vocab": vocab,
+                                                                 "answer_space": space})
+    load(release)  # fits
+    path = release / "processor" / "answer_space.json"
+    data = json.loads(path.read_text())
+    data["answers"] = data["answers"][:-1]
+    path.write_text(json.dumps(data))
+    with pytest.raises(ReleaseError, match=r"answer_space\.json: .*num_answers="):
+        load(release)

@@ -95,3 +95,57 @@ def test_sigterm_drains(demo_release: Path, image_bytes: bytes) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_bad_releases_do_not_take_the_service_down(demo_release: Path, image_bytes: bytes,
+                                                   tmp_path: Path) -> None:
+    import shutil
+
+    truncated = tmp_path / "truncated"
+    shutil.copytree(demo_release, truncated)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    wrong_family = tmp_path / "wrong_family"
+    shutil.copytree(demo_release, wrong_family)
+    config = json.loads((wrong_family / "config.json").read_text())
+    config["family"] = "pythia"  # multi-task hyper-parameters under another family
+    (wrong_family / "config.json").write_text(json.dumps(config))
+    other_space = tmp_path / "other_space"
+    shutil.copytree(demo_release, other_space)
+    space = other_space / "processor" / "answer_space_vqa2.json"
+    data = json.loads(space.read_text())
+    data["answers"] = data["answers"][:-3]  # a checkpoint for another answer space
+    space.write_text(json.dumps(data))
+
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHIA_DEVICE": "cpu"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", "--model", f"demo={demo_release}",
+         "--model", f"truncated={truncated}", "--model", f"wrong={wrong_family}",
+         "--model", f"space={other_space}", "--port", str(port)],
+        cwd=REPO, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert f"http://127.0.0.1:{port}/" in line, line
+        url = f"http://127.0.0.1:{port}"
+        ready = httpx.get(f"{url}/readyz")
+        assert ready.status_code == 200, ready.text
+        body = ready.json()
+        assert body["status"] == "degraded" and body["models"] == ["demo"]
+        assert set(body["failed"]) == {"truncated", "wrong", "space"}
+        assert "model.safetensors" in body["failed"]["truncated"]
+        files = {"image": ("a.jpg", image_bytes)}
+        r = httpx.post(f"{url}/vqa", files=files, data={"question": "what?", "model": "wrong"})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "model_unavailable"
+        r = httpx.post(f"{url}/vqa", files=files, data={"question": "what?"})
+        assert r.status_code == 200 and r.json()["model"] == "demo"
+        listed = httpx.get(f"{url}/models").json()
+        assert [f["name"] for f in listed["failed"]] == ["space", "truncated", "wrong"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
