@@ -42,7 +42,13 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 from fastapi_offline import FastAPIOffline
 from PIL import Image
 from prometheus_client import (
@@ -56,6 +62,7 @@ from prometheus_client import (
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 
 from service.engine import Batcher, DeadlineExceeded, Overloaded, ShuttingDown
 from service.images import ImageError, decode_base64_image, decode_image
@@ -101,6 +108,42 @@ def error_response(status: int, code: str, message: str,
                    headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status,
                         headers=dict(headers or {}))
+
+
+# -- the OpenAPI description of errors ------------------------------------------------------------
+class ErrorDetail(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every error response: ``{"error": {"code", "message"}}``."""
+
+    model_config = {"extra": "forbid"}
+
+    error: ErrorDetail
+
+
+ERROR_STATUSES: dict[int, str] = {
+    400: "Malformed JSON, multipart or base64",
+    401: "Missing or wrong API key (only when PYTHIA_API_KEY is set)",
+    403: "A path outside PYTHIA_DATA_ROOT",
+    404: "Unknown model, task, answer head, dataset or job",
+    409: "The job has not finished",
+    413: "Body, upload or decoded pixels over the limit",
+    415: "Image format or content type not accepted",
+    422: "A field missing or out of range (the message names it)",
+    429: "Queue full or over the client's rate limit (Retry-After)",
+    503: "Not ready, draining, model unavailable or Redis unreachable (Retry-After)",
+    504: "No result within PYTHIA_REQUEST_TIMEOUT_S",
+}
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` of a route: these error statuses, each with the error body."""
+    return {s: {"model": ErrorBody, "description": ERROR_STATUSES[s]} for s in statuses}
 
 
 # -- request fields -------------------------------------------------------------------------------
@@ -162,13 +205,21 @@ PARAMS: dict[str, type[_Common]] = {"vqa": VQAParams, "textvqa": TextVQAParams,
                                     "caption": CaptionParams, "dialog": DialogParams}
 # Multipart text fields that carry JSON (lists and objects)
 JSON_FIELDS = {"ocr_tokens", "history", "options"}
+# A request's JSON holds at most this many values (keys, items, nested values), far over
+# what any route takes (200 OCR tokens, 100 options, 20 turns): more is refused before
+# validation, whose errors for each would cost far more memory than the body.
+MAX_JSON_VALUES = 10_000
+MAX_FIELD_ERRORS = 10  # validation errors named in one message
 
 
 def _field_errors(exc: ValidationError | RequestValidationError) -> str:
+    errors = exc.errors()
     parts = []
-    for err in exc.errors():
+    for err in errors[:MAX_FIELD_ERRORS]:
         loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "request"
         parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+    if len(errors) > MAX_FIELD_ERRORS:
+        parts.append(f"and {len(errors) - MAX_FIELD_ERRORS} more")
     return "; ".join(parts)
 
 
@@ -242,7 +293,8 @@ class RateLimiter:
             return wait
 
 
-RATE_LIMITED = {"/vqa", "/textvqa", "/caption", "/dialog", "/jobs"}
+TASK_PATHS = {"/vqa", "/textvqa", "/caption", "/dialog"}
+RATE_LIMITED = {*TASK_PATHS, "/jobs"}
 
 
 class Observe:
@@ -292,12 +344,15 @@ class Observe:
 
         t0 = time.perf_counter()
         scope["pythia.arrival"] = time.monotonic()
+        task = path in TASK_PATHS
         self.state.in_flight += 1
+        self.state.task_in_flight += task
         metrics.in_flight.inc()
         try:
             await self.app(scope, receive, record)
         finally:
             self.state.in_flight -= 1
+            self.state.task_in_flight -= task
             metrics.in_flight.dec()
             metrics.requests.labels(label, str(status)).inc()
             metrics.latency.labels(label).observe(time.perf_counter() - t0)
@@ -371,6 +426,7 @@ class ServiceState:
         self.drain_started = math.inf  # time.monotonic() of the signal that began draining
         self.started = False
         self.in_flight = 0
+        self.task_in_flight = 0  # requests on the task routes (the engines expect them)
         self._lock = threading.Lock()
 
     def start(self) -> None:
@@ -391,11 +447,13 @@ class ServiceState:
 
             engine = Batcher(entry.runner.predict, max_batch_size=s.max_batch_size,
                              max_wait_ms=s.max_wait_ms, queue_size=s.queue_size, name=name,
-                             on_batch=on_batch)
+                             on_batch=on_batch, expected=lambda: self.task_in_flight)
             self.engines[name] = engine.start()
             self.metrics.queue_depth.labels(name).set_function(_depth_of(engine))
         for entry in self.models.values():
             self.pool.submit(entry.front.warm_up)  # OCR engines load in the background
+            if entry.runner is not None:  # one forward pass, so the first request is not slow
+                self.pool.submit(entry.runner.warm_up, entry.front)
         self.started = True
 
     def begin_drain(self) -> None:
@@ -464,44 +522,103 @@ class ServiceState:
 
 
 # -- request parsing ------------------------------------------------------------------------------
+_BOUNDARY = re.compile(r'boundary=(?:"([^"]{1,70})"|([^;\s"]{1,70}))', re.IGNORECASE)
+_DISPOSITION = re.compile(
+    rb'^form-data(?:; name="([^"\\]{1,200})")(?:; filename="([^"\\]{0,255})")?$')
+MAX_PARTS = 16
+
+
+def fast_multipart(body: bytes, content_type: str) -> list[tuple[str, bytes | str, bool]] | None:
+    """The parts ``(name, value, is_file)`` of a plain multipart/form-data body, parsed with
+    bytes operations (a tenth of python-multipart's cost per request); ``None`` for anything
+    unusual (quoted-printable, odd headers, escapes, a missing final boundary, text that is
+    not UTF-8, many parts), which the full parser then handles or refuses."""
+    m = _BOUNDARY.search(content_type)
+    if m is None:
+        return None
+    delim = b"--" + (m.group(1) or m.group(2)).encode("latin-1")
+    if not body.startswith(delim):
+        return None
+    chunks = body[len(delim):].split(b"\r\n" + delim)
+    if len(chunks) > MAX_PARTS + 1 or not chunks[-1].startswith(b"--") \
+            or chunks[-1][2:].strip(b"\r\n"):
+        return None
+    out: list[tuple[str, bytes | str, bool]] = []
+    for raw in chunks[:-1]:
+        if not raw.startswith(b"\r\n"):
+            return None
+        head, sep, data = raw[2:].partition(b"\r\n\r\n")
+        if not sep:
+            return None
+        name: bytes | None = None
+        filename: bytes | None = None
+        for line in head.split(b"\r\n"):
+            key, colon, value = line.partition(b":")
+            key = key.strip().lower()
+            if not colon:
+                return None
+            if key == b"content-disposition":
+                d = _DISPOSITION.match(value.strip())
+                if d is None:
+                    return None
+                name, filename = d.group(1), d.group(2)
+            elif key != b"content-type":
+                return None
+        if name is None:
+            return None
+        try:
+            text_name = name.decode("utf-8")
+            value_out: bytes | str = data if filename is not None else data.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        out.append((text_name, value_out, filename is not None))
+    return out
+
+
+async def _multipart_items(request: Request, max_upload: int
+                           ) -> list[tuple[str, bytes | str, bool]]:
+    """``(name, value, is_file)`` of a multipart body: the fast path, else Starlette's."""
+    body = await request.body()  # bounded by BodyLimit
+    parts = fast_multipart(body, request.headers.get("content-type", ""))
+    if parts is not None:
+        return parts
+    try:  # Starlette re-reads the cached body
+        form = await request.form(max_files=1, max_fields=MAX_PARTS, max_part_size=1024 * 1024)
+    except ApiError:
+        raise
+    except Exception as exc:  # starlette/python-multipart parse errors
+        raise ApiError(400, "invalid_multipart", f"malformed multipart body: {exc}") from None
+    items: list[tuple[str, bytes | str, bool]] = []
+    try:
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                items.append((key, await value.read(max_upload + 1), True))
+            else:
+                items.append((key, value, False))
+    finally:
+        await form.close()
+    return items
+
+
 async def _read_fields(request: Request, max_upload: int) -> tuple[bytes | str, dict[str, Any]]:
     """(image bytes or base64 text, the other fields) from a multipart or JSON body."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
-        try:
-            form = await request.form(max_files=1, max_fields=16, max_part_size=1024 * 1024)
-        except ApiError:
-            raise
-        except Exception as exc:  # starlette/python-multipart parse errors
-            raise ApiError(400, "invalid_multipart", f"malformed multipart body: {exc}"
-                           ) from None
         fields: dict[str, Any] = {}
         image: bytes | str | None = None
-        for key, value in form.multi_items():
+        for key, value, is_file in await _multipart_items(request, max_upload):
             if key == "image":
-                if isinstance(value, UploadFile):
-                    image = await value.read(max_upload + 1)
-                else:
-                    image = value  # a text field: base64
-            elif isinstance(value, UploadFile):
+                image = value  # a file's bytes, or a text field: base64
+            elif is_file:
                 raise ApiError(422, "invalid_field", f"{key}: a file where text was expected")
             elif key in fields:
                 raise ApiError(422, "invalid_field", f"{key}: given more than once")
             elif key in JSON_FIELDS:
-                try:
-                    fields[key] = json.loads(value)
-                except json.JSONDecodeError as exc:
-                    raise ApiError(400, "invalid_json",
-                                   f"{key}: not valid JSON ({exc.msg} at {exc.pos})") from None
+                fields[key] = _parse_json(value, key)
             else:
                 fields[key] = value
-        await form.close()
     elif ctype == "application/json":
-        body = await request.body()
-        try:
-            data = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+        data = _parse_json(await request.body(), "the body")
         if not isinstance(data, dict):
             raise ApiError(400, "invalid_json", "the body must be a JSON object")
         image = data.pop("image", None)
@@ -515,6 +632,43 @@ async def _read_fields(request: Request, max_upload: int) -> tuple[bytes | str, 
     if image is None or (isinstance(image, (bytes, str)) and len(image) == 0):
         raise ApiError(422, "missing_image", "image: required (a file or base64 text)")
     return image, fields
+
+
+def _parse_json(text: bytes | str, what: str) -> Any:
+    """``json.loads`` of untrusted text; every failure is 400 ``invalid_json``: besides syntax,
+    nesting deeper than Python's parser recurses (``RecursionError``), integers over Python's
+    digit limit and bytes that are not UTF-8 (``ValueError``), more than ``MAX_JSON_VALUES``
+    values, and lone surrogates (``"\\ud800"``: valid JSON syntax, but no Unicode text, which
+    a response cannot encode)."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ApiError(400, "invalid_json",
+                       f"{what} is not valid JSON ({exc.msg} at {exc.pos})") from None
+    except RecursionError:
+        raise ApiError(400, "invalid_json", f"{what} is nested too deeply") from None
+    except ValueError as exc:
+        raise ApiError(400, "invalid_json", f"{what} is not valid JSON: {exc}") from None
+    stack = [data]  # iterative: the structure may be nested almost as deep as the C stack
+    seen = 0
+    while stack:
+        item = stack.pop()
+        seen += 1
+        if seen > MAX_JSON_VALUES:
+            raise ApiError(400, "invalid_json", f"{what} has more than {MAX_JSON_VALUES:,} "
+                           "JSON values")
+        if isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str) and not item.isascii():
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ApiError(400, "invalid_json", f"{what} has a lone surrogate "
+                               "(\\ud800-\\udfff): not Unicode text") from None
+    return data
 
 
 def _validate(task: str, fields: dict[str, Any], max_chars: int) -> _Common:
@@ -782,7 +936,12 @@ def create_app(settings: Settings, models: Mapping[str, LoadedModel],
     for task, endpoint in (("vqa", vqa), ("textvqa", textvqa), ("caption", caption),
                            ("dialog", dialog)):
         app.add_api_route(f"/{task}", endpoint, methods=["POST"], name=task,
+                          responses=_errors(400, 401, 404, 413, 415, 422, 429, 503, 504),
                           openapi_extra=_openapi_body(task))
+        # Served by a plain Starlette route placed first (it only takes the Request, so
+        # FastAPI's per-request dependency solving is skipped); the APIRoute documents it.
+        app.router.routes.insert(0, Route(f"/{task}", endpoint, methods=["POST"],
+                                          name=f"{task}_direct"))
 
     # -- batch-prediction jobs (service.jobs) --------------------------------------------------
     def _job_error(exc: JobError) -> ApiError:
@@ -804,13 +963,15 @@ def create_app(settings: Settings, models: Mapping[str, LoadedModel],
                            "jobs live as long as the process)")
         return dict(meta)
 
-    @app.post("/jobs", status_code=202)
+    @app.post("/jobs", status_code=202,
+              responses=_errors(400, 401, 403, 404, 413, 422, 429, 503),
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                  "schema": JobRequest.model_json_schema()}}},
+                  "responses": {"202": {"content": {"application/json": {
+                      "schema": JOB_STATUS_SCHEMA}}}}})
     async def create_job(request: Request) -> JSONResponse:
         """Start an EvalAI batch prediction over a dataset split under PYTHIA_DATA_ROOT."""
-        try:
-            data = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+        data = _parse_json(await request.body(), "the body")
         if not isinstance(data, dict):
             raise ApiError(400, "invalid_json", "the body must be a JSON object")
         try:
@@ -846,12 +1007,16 @@ def create_app(settings: Settings, models: Mapping[str, LoadedModel],
         return JSONResponse(public_status(meta), status_code=202,
                             headers={"Location": f"/jobs/{meta['job_id']}"})
 
-    @app.get("/jobs/{job_id}")
+    @app.get("/jobs/{job_id}", responses=_errors(401, 404, 422, 503),
+             openapi_extra={"responses": {"200": {"content": {"application/json": {
+                 "schema": JOB_STATUS_SCHEMA}}}}})
     async def job_status(job_id: str) -> dict[str, Any]:
         """A job's status and progress (done / total items)."""
         return public_status(await _job_meta(job_id))
 
-    @app.get("/jobs/{job_id}/result")
+    @app.get("/jobs/{job_id}/result", responses=_errors(401, 404, 409, 422, 503),
+             openapi_extra={"responses": {"200": {"content": {"application/json": {
+                 "schema": {"type": "array", "items": {"type": "object"}}}}}}})
     async def job_result(job_id: str) -> StreamingResponse:
         """The EvalAI result file of a finished job, streamed."""
         meta = await _job_meta(job_id)
@@ -863,7 +1028,7 @@ def create_app(settings: Settings, models: Mapping[str, LoadedModel],
                                  media_type="application/json",
                                  headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
-    @app.get("/models")
+    @app.get("/models", responses=_errors(401))
     async def list_models() -> dict[str, Any]:
         """The loaded models: tasks, answer heads, version, metrics at export."""
         return {"models": [m.info() for m in state.models.values()],
@@ -874,7 +1039,7 @@ def create_app(settings: Settings, models: Mapping[str, LoadedModel],
         """Liveness: the process answers."""
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", responses=_errors(503))
     async def readyz() -> JSONResponse:
         """Readiness: 503 until the models are loaded and their engines run, and while
         draining."""
@@ -887,7 +1052,9 @@ def create_app(settings: Settings, models: Mapping[str, LoadedModel],
             body["failed"] = dict(sorted(state.failed.items()))
         return JSONResponse(body)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse, responses={401: {
+        "description": ERROR_STATUSES[401],
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}})
     async def metrics() -> Response:
         """Prometheus text exposition."""
         return Response(generate_latest(state.metrics.registry),
@@ -904,17 +1071,84 @@ def create_app(settings: Settings, models: Mapping[str, LoadedModel],
 
 
 def _openapi_body(task: str) -> dict[str, Any]:
-    """The request body in the OpenAPI schema (the routes parse it themselves, to take both
-    multipart and JSON)."""
+    """The request body and the 200 response of a task route in the OpenAPI schema (the
+    routes parse the body themselves, to take both multipart and JSON). ``$defs`` are
+    inlined (a ``#/$defs`` reference would point at the root of the OpenAPI document); a
+    multipart field cannot be null, and its list fields are JSON text (``encoding``)."""
     schema = PARAMS[task].model_json_schema()
-    props = dict(schema.get("properties", {}))
-    multipart = {**props, "image": {"type": "string", "format": "binary"}}
+    props = _inline_defs(dict(schema.get("properties", {})), schema.get("$defs", {}))
+    required = ["image", *schema.get("required", [])]
+    multipart = {**{k: _not_null(v) for k, v in props.items()},
+                 "image": {"type": "string", "format": "binary",
+                           "description": "the image file (JPEG, PNG, WebP, GIF or BMP)"}}
+    encoding = {k: {"contentType": "application/json"} for k in props if k in JSON_FIELDS}
+    encoding["image"] = {"contentType": "image/jpeg, image/png, image/webp, image/gif, "
+                                        "image/bmp, application/octet-stream"}
     as_json = {**props, "image": {"type": "string", "format": "byte",
-                                  "description": "the image file, base64"}}
+                                  "description": "the image file, base64 (optionally a "
+                                                 "data:image/...;base64, URL)"}}
     return {"requestBody": {"required": True, "content": {
         "multipart/form-data": {"schema": {"type": "object", "properties": multipart,
-                                           "required": ["image", *schema.get("required", [])]}},
+                                           "required": required},
+                                "encoding": encoding},
         "application/json": {"schema": {"type": "object", "properties": as_json,
-                                        "required": ["image", *schema.get("required", [])],
-                                        "$defs": schema.get("$defs", {})}},
-    }}}
+                                        "required": required}},
+    }}, "responses": {"200": {"description": "The result", "content": {"application/json": {
+        "schema": _RESULT_SCHEMAS[task]}}}}}
+
+
+def _inline_defs(node: Any, defs: Mapping[str, Any]) -> Any:
+    """``node`` with every ``{"$ref": "#/$defs/X"}`` replaced by ``defs["X"]`` (the request
+    models are not recursive)."""
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            return _inline_defs(defs[ref.removeprefix("#/$defs/")], defs)
+        return {k: _inline_defs(v, defs) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_inline_defs(v, defs) for v in node]
+    return node
+
+
+def _not_null(prop: dict[str, Any]) -> dict[str, Any]:
+    """A multipart field's schema: ``anyOf [X, null]`` -> ``X`` (a form field is never null)."""
+    options = [o for o in prop.get("anyOf", ()) if o.get("type") != "null"]
+    if len(options) != 1:
+        return prop
+    rest = {k: v for k, v in prop.items() if k not in ("anyOf", "default")}
+    return {**rest, **options[0]}
+
+
+def _object(required: list[str], **props: Any) -> dict[str, Any]:
+    return {"type": "object", "required": required, "properties": props}
+
+
+_NUMBER = {"type": "number"}
+_TEXT = {"type": "string"}
+_TIMING = _object(["queue", "inference", "total", "batch_size"], queue=_NUMBER,
+                  inference=_NUMBER, total=_NUMBER, batch_size={"type": "integer"})
+_ANSWERS = {"type": "array", "items": _object(["answer", "score"], answer=_TEXT,
+                                                score=_NUMBER)}
+_RESULT_SCHEMAS: dict[str, dict[str, Any]] = {
+    "vqa": _object(["model", "question", "dataset", "answers", "timing_ms"], model=_TEXT,
+                   question=_TEXT, dataset=_TEXT, answers=_ANSWERS, timing_ms=_TIMING),
+    "textvqa": _object(
+        ["model", "question", "dataset", "answers", "ocr_tokens", "copied", "timing_ms"],
+        model=_TEXT, question=_TEXT, dataset=_TEXT,
+        answers={"type": "array", "items": _object(["answer", "score", "copied"],
+                                                   answer=_TEXT, score=_NUMBER,
+                                                   copied={"type": "boolean"})},
+        ocr_tokens={"type": "array", "items": _TEXT}, copied={"type": "boolean"},
+        timing_ms=_TIMING),
+    "caption": _object(["model", "caption", "beams", "timing_ms"], model=_TEXT, caption=_TEXT,
+                       beams={"type": "array", "items": _object(["caption", "score"],
+                                                                caption=_TEXT, score=_NUMBER)},
+                       timing_ms=_TIMING),
+    "dialog": _object(["model", "question", "answer", "timing_ms"], model=_TEXT,
+                      question=_TEXT, answer=_TEXT, ranking=_ANSWERS, timing_ms=_TIMING),
+}
+JOB_STATUS_SCHEMA = _object(
+    ["job_id", "status", "progress", "task", "dataset", "split", "model"],
+    job_id=_TEXT, status=_TEXT,
+    progress=_object(["done", "total"], done={"type": "integer"}, total={"type": "integer"}),
+    task=_TEXT, dataset=_TEXT, split=_TEXT, model=_TEXT)

@@ -19,8 +19,10 @@ Batch policy (``max_wait_ms`` is an upper bound, never a fixed delay):
 * when the inference thread is free it takes what is queued for the oldest item's key, up to
   ``max_batch_size``, and runs it at once if nothing else is on its way;
 * "on its way" means announced (``announce``: a request whose image is being decoded) and not
-  yet submitted or withdrawn: then it waits for those items, at most ``max_wait_ms`` after the
-  oldest item of the batch was queued, or until the batch is full;
+  yet submitted or withdrawn, or counted by ``expected()`` (e.g. HTTP requests in flight)
+  beyond what is queued: then it waits for those items, at most ``max_wait_ms`` after the
+  later of "the oldest item of the batch was queued" and "the thread became free", or until
+  the batch is full;
 * requests that arrive while a batch runs queue up and form the next batch.
 
 So one request on an idle engine runs immediately, and under load batches grow by themselves.
@@ -119,8 +121,12 @@ class Batcher:
         queue_size: int = 256,
         name: str = "batcher",
         on_batch: Callable[[Hashable, int, float], None] | None = None,
+        expected: Callable[[], int] | None = None,
     ) -> None:
-        """``on_batch(key, size, seconds)`` is called after every batch (metrics)."""
+        """``on_batch(key, size, seconds)`` is called after every batch (metrics).
+        ``expected()`` (optional) counts requests in the system that may still be submitted
+        (e.g. HTTP requests in flight): while it exceeds the queue, a forming batch waits
+        for them, within ``max_wait_ms``."""
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if max_wait_ms < 0:
@@ -133,6 +139,8 @@ class Batcher:
         self.queue_size = queue_size
         self.name = name
         self.on_batch = on_batch
+        self.expected = expected
+        self._free_at = 0.0  # time.monotonic() when the inference thread last became free
         self.stats = BatcherStats()
         self._queue: collections.deque[_Item] = collections.deque()
         self._announced = 0
@@ -235,14 +243,21 @@ class Batcher:
                 if not self._running:
                     return None
                 self._cond.wait()
-            first_at = self._queue[0].queued_at
-            # Wait for announced items while the batch can grow and the bound allows.
-            while self._announced > 0 and self._running:
+            # The wait is bounded from the later of "the oldest item arrived" and "the
+            # thread became free": items that queued during the last batch run at once
+            # unless more are on their way.
+            start = max(self._queue[0].queued_at, self._free_at)
+            while self._running:
                 same = sum(1 for it in self._queue if it.key == self._queue[0].key)
-                remaining = first_at + self.max_wait - time.monotonic()
+                remaining = start + self.max_wait - time.monotonic()
                 if same >= self.max_batch_size or remaining <= 0:
                     break
-                self._cond.wait(remaining)
+                if self._announced > 0:
+                    self._cond.wait(remaining)  # submit/withdraw notify
+                elif self.expected is not None and self.expected() > len(self._queue):
+                    self._cond.wait(min(remaining, 0.0005))  # a polled count: short slices
+                else:
+                    break
             key = self._queue[0].key
             batch: list[_Item] = []
             kept: collections.deque[_Item] = collections.deque()
@@ -283,6 +298,7 @@ class Batcher:
                 self._run(batch)
             finally:
                 self._busy = False
+                self._free_at = time.monotonic()
 
     def _run(self, batch: list[_Item]) -> None:
         t0 = time.perf_counter()

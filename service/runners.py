@@ -26,6 +26,7 @@ plain functions of plain data.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import threading
@@ -184,6 +185,17 @@ class ModelRunner:
     def __init__(self, predictor: Predictor) -> None:
         self.predictor = predictor
 
+    def warm_up(self, front: ModelFront) -> None:
+        """One forward pass on a blank image (first-call allocations, lazy kernels)."""
+        task = front.tasks[0]
+        image = Image.new("RGB", (front.transform.size, front.transform.size))
+        params: dict[str, Any] = {"question": "what is it?", "top_k": 1,
+                                  "dataset": front.default_dataset(task), "beam_size": 1,
+                                  "max_length": 3, "ocr_tokens": [], "history": [],
+                                  "options": ["yes", "no"], "warm_up": True}
+        with contextlib.suppress(Exception):  # a warm-up never stops the service
+            self.predict([front.prepare(task, image, params)])
+
     # -- step 2: the inference thread -----------------------------------------------------------
     def predict(self, jobs: list[Job]) -> list[dict[str, Any]]:
         t0 = time.perf_counter()
@@ -191,8 +203,9 @@ class ModelRunner:
             job.started = t0
         task = jobs[0].key[0]
         p = self.predictor
-        # The second half of the transform, per image: exactly Predictor.preprocess.
-        pixels = [p.transform.normalize(j.pixels) for j in jobs]
+        # The second half of the transform on the whole batch at once: elementwise, so
+        # exactly Predictor.preprocess of each image.
+        pixels = list(p.transform.normalize_batch(torch.stack([j.pixels for j in jobs])))
         out: list[dict[str, Any]]
         if task == "vqa":
             k = max(int(j.params["top_k"]) for j in jobs)

@@ -119,6 +119,16 @@ class ImageTransform:
         out: torch.Tensor = self._pipeline[0](to_rgb(img))
         return out.as_subclass(torch.Tensor)
 
+    def normalize_batch(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``normalize`` of a stacked uint8 (B, 3, size, size) batch, in one pass; the ops are
+        elementwise, so each image comes out exactly as ``normalize`` makes it."""
+        if pixels.dtype != torch.uint8 or pixels.dim() != 4 or \
+                tuple(pixels.shape[1:]) != (3, self.size, self.size):
+            raise ValueError(f"ImageTransform.normalize_batch: expected uint8 (B, 3, {self.size},"
+                             f" {self.size}), got {pixels.dtype} {tuple(pixels.shape)}")
+        out: torch.Tensor = self._pipeline[1](pixels)
+        return out
+
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """The second half: uint8 (3, size, size) -> normalized float32 (3, size, size)."""
         if pixels.dtype != torch.uint8 or tuple(pixels.shape) != (3, self.size, self.size):

@@ -236,3 +236,25 @@ def test_blocking_run_with_timeout() -> None:
     finally:
         rec.gate.set()
         engine.stop()
+
+
+def test_expected_requests_join_within_the_bound() -> None:
+    rec = Recorder()
+    in_flight = [2]
+    engine = _engine(rec, max_wait_ms=300, expected=lambda: in_flight[0])
+    try:
+        first = engine.submit(1)
+        time.sleep(0.05)  # the second request is still "in flight" (being parsed)
+        second = engine.submit(2)
+        assert (first.result(5), second.result(5)) == (10, 20)
+        assert rec.calls == [[1, 2]]
+        in_flight[0] = 5  # more expected than will ever come: bounded by max_wait
+        t0 = time.monotonic()
+        assert engine.submit(3).result(5) == 30
+        assert 0.25 <= time.monotonic() - t0 < 1.5
+        in_flight[0] = 1  # only this one: no wait at all
+        t0 = time.monotonic()
+        assert engine.submit(4).result(5) == 40
+        assert time.monotonic() - t0 < 0.1
+    finally:
+        engine.stop()
