@@ -27,13 +27,17 @@ from torch import nn
 
 __all__ = ["RESNET_CHANNELS", "load_state_dict_file", "resnet_trunk"]
 
-#: Output channels of each supported trunk.
+#: Output channels of each supported trunk. ``<name>_l3`` stops after ``layer3``: stride 16
+#: instead of 32 (a 4x4 grid at 64 px rather than 2x2), for small inputs such as ShapesWorld.
 RESNET_CHANNELS: dict[str, int] = {
     "resnet18": 512,
     "resnet34": 512,
     "resnet50": 2048,
     "resnet101": 2048,
     "resnet152": 2048,
+    "resnet18_l3": 256,
+    "resnet34_l3": 256,
+    "resnet50_l3": 1024,
 }
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {
@@ -50,15 +54,19 @@ _TRUNK_CHILDREN = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer
 def resnet_trunk(name: str, *, weights_path: str | Path | None = None) -> nn.Module:
     """A torchvision ResNet without ``avgpool``/``fc``, in eval mode.
 
-    ``(B, 3, H, W) -> (B, RESNET_CHANNELS[name], H/32, W/32)``. Randomly initialised unless
+    ``(B, 3, H, W) -> (B, RESNET_CHANNELS[name], H/32, W/32)`` (``H/16`` for ``<name>_l3``,
+    which stops after ``layer3`` and loads a full ResNet's state dict minus ``layer4``).
+    Randomly initialised unless
     ``weights_path`` (a local torchvision state dict) is given. Raises ``ValueError`` for an
     unknown ``name`` or a state dict that does not fit (the message names the file),
     ``FileNotFoundError`` when ``weights_path`` does not exist.
     """
-    if name not in _BUILDERS:
-        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(sorted(_BUILDERS))}")
-    full = _BUILDERS[name](weights=None)
-    trunk = nn.Sequential(OrderedDict((child, getattr(full, child)) for child in _TRUNK_CHILDREN))
+    base, _, cut = name.partition("_")
+    if base not in _BUILDERS or name not in RESNET_CHANNELS:
+        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(sorted(RESNET_CHANNELS))}")
+    full = _BUILDERS[base](weights=None)
+    children = _TRUNK_CHILDREN[:-1] if cut == "l3" else _TRUNK_CHILDREN
+    trunk = nn.Sequential(OrderedDict((child, getattr(full, child)) for child in children))
     if weights_path is not None:
         state = load_state_dict_file(weights_path)
         _load_into(trunk, state, Path(weights_path), name)
@@ -105,7 +113,10 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def _load_into(trunk: nn.Module, state: Mapping[str, torch.Tensor], path: Path, name: str) -> None:
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    # The classifier (and layer4 for an ``_l3`` trunk) of a full ResNet state dict are unused.
+    kept = {child for child, _ in trunk.named_children()}
+    state = {k: v for k, v in state.items()
+             if not k.startswith("fc.") and not (k.startswith("layer4.") and "layer4" not in kept)}
     expected = trunk.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

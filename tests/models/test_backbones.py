@@ -23,7 +23,19 @@ def test_trunk_shapes_at_64_px(name):
 
 def test_channels_table():
     assert RESNET_CHANNELS == {"resnet18": 512, "resnet34": 512, "resnet50": 2048,
-                               "resnet101": 2048, "resnet152": 2048}
+                               "resnet101": 2048, "resnet152": 2048, "resnet18_l3": 256,
+                               "resnet34_l3": 256, "resnet50_l3": 1024}
+
+
+def test_stride_16_trunk_loads_a_full_state_dict(tmp_path):
+    trunk = resnet_trunk("resnet18_l3")
+    assert [n for n, _ in trunk.named_children()][-1] == "layer3"
+    with torch.no_grad():
+        assert trunk(torch.randn(2, 3, 64, 64)).shape == (2, 256, 4, 4)
+    full = torchvision.models.resnet18(weights=None)
+    torch.save(full.state_dict(), tmp_path / "r18.pth")
+    loaded = resnet_trunk("resnet18_l3", weights_path=tmp_path / "r18.pth")
+    torch.testing.assert_close(loaded.layer3[0].conv1.weight, full.layer3[0].conv1.weight)
 
 
 def test_unknown_name_lists_the_known_ones():
