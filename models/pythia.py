@@ -232,5 +232,8 @@ class Pythia(BaseModel, VisualMixin):
         logits = self.classifier(joint)  # (B, A)
         out = {"logits": logits, "scores": torch.sigmoid(logits.float()), "attention": weights}
         if batch.get("targets") is not None:
-            out["loss"] = logit_bce(logits, batch["targets"])
+            # TextVQA targets are (B, A + K) with the OCR-copy slots last: a model without
+            # copy learns the answer-space part (a question answered only by copying is
+            # then unanswerable for it, as it should be).
+            out["loss"] = logit_bce(logits, batch["targets"][:, : logits.size(1)])
         return out

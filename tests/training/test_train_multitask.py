@@ -126,3 +126,16 @@ def test_multitask_ddp_two_ranks(data_root: Path, tmp_path: Path) -> None:
     # from one process's mean over all tokens when the ranks' captions differ in length.
     assert [r["loss"] for r in b[::2]] == pytest.approx([r["loss"] for r in a[::2]], rel=1e-3)
     assert [r["loss"] for r in b[1::2]] == pytest.approx([r["loss"] for r in a[1::2]], rel=2e-2)
+
+
+def test_pythia_without_copy_trains_on_textvqa(data_root: Path, tmp_path: Path) -> None:
+    # TextVQA targets carry OCR-copy slots; a model without copy learns the answer-space part
+    # (the benchmark's contrast to LoRRA).
+    args = ["model.name=pythia", *(a for a in TINY_MODEL[1:] if not a.startswith(
+        ("model.ocr", "model.caption", "model.dialog"))),
+        f"datasets.textvqa.data_dir={data_root / 'textvqa'}", f"run.save_dir={tmp_path}",
+        "trainer.device=cpu", "data.num_workers=0", "trainer.batch_size=8",
+        "trainer.max_updates=4", "trainer.eval_every=4", "trainer.log_every=1",
+        "scheduler.type=constant", "scheduler.warmup_updates=0"]
+    assert main(args) == 0
+    assert "textvqa/accuracy" in _records(tmp_path, "eval")[-1]
