@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DATA_DIR ?= data/shapes
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint data serve bench clean
+.PHONY: install test lint data serve bench bench-train bench-serve clean
 
 install: $(STAMP)
 
@@ -39,6 +39,16 @@ serve: install
 
 bench: install
 	$(PY) bench/data.py
+
+# Trains every shipped ShapesWorld config (training/configs/shapes/) against its target.
+bench-train: install
+	$(PY) bench/train.py
+
+# Serves the demo model in-process at several concurrencies (wrk from Debian) beside LitServe.
+bench-serve: install
+	$(PY) -m pip install --quiet -e '.[bench]'
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(PY) bench/serve.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
