@@ -539,7 +539,8 @@ def fast_multipart(body: bytes, content_type: str) -> list[tuple[str, bytes | st
     delim = b"--" + (m.group(1) or m.group(2)).encode("latin-1")
     if not body.startswith(delim):
         return None
-    chunks = body[len(delim):].split(b"\r\n" + delim)
+    # maxsplit: a body of millions of tiny parts would otherwise become millions of objects
+    chunks = body[len(delim):].split(b"\r\n" + delim, MAX_PARTS + 1)
     if len(chunks) > MAX_PARTS + 1 or not chunks[-1].startswith(b"--") \
             or chunks[-1][2:].strip(b"\r\n"):
         return None
@@ -640,6 +641,13 @@ def _parse_json(text: bytes | str, what: str) -> Any:
     digit limit and bytes that are not UTF-8 (``ValueError``), more than ``MAX_JSON_VALUES``
     values, and lone surrogates (``"\\ud800"``: valid JSON syntax, but no Unicode text, which
     a response cannot encode)."""
+    # Counted before parsing: a body of 900,000 "[]" takes Python's parser (its garbage
+    # collector, in a process holding a model) seconds, on the event loop.
+    opens = text.count(b"[") + text.count(b"{") if isinstance(text, bytes) \
+        else text.count("[") + text.count("{")
+    if opens > MAX_JSON_VALUES:
+        raise ApiError(400, "invalid_json", f"{what} has more than {MAX_JSON_VALUES:,} "
+                       "arrays and objects")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -937,7 +945,7 @@ def create_app(settings: Settings, models: Mapping[str, LoadedModel],
                            ("dialog", dialog)):
         app.add_api_route(f"/{task}", endpoint, methods=["POST"], name=task,
                           responses=_errors(400, 401, 404, 413, 415, 422, 429, 503, 504),
-                          openapi_extra=_openapi_body(task))
+                          openapi_extra=_openapi_body(task, settings.max_question_chars))
         # Served by a plain Starlette route placed first (it only takes the Request, so
         # FastAPI's per-request dependency solving is skipped); the APIRoute documents it.
         app.router.routes.insert(0, Route(f"/{task}", endpoint, methods=["POST"],
@@ -1070,13 +1078,17 @@ def create_app(settings: Settings, models: Mapping[str, LoadedModel],
     return app
 
 
-def _openapi_body(task: str) -> dict[str, Any]:
+def _openapi_body(task: str, max_question_chars: int) -> dict[str, Any]:
     """The request body and the 200 response of a task route in the OpenAPI schema (the
     routes parse the body themselves, to take both multipart and JSON). ``$defs`` are
     inlined (a ``#/$defs`` reference would point at the root of the OpenAPI document); a
-    multipart field cannot be null, and its list fields are JSON text (``encoding``)."""
+    multipart field cannot be null, and its list fields are JSON text (``encoding``); a
+    question is not blank and within PYTHIA_MAX_QUESTION_CHARS (``_validate``)."""
     schema = PARAMS[task].model_json_schema()
     props = _inline_defs(dict(schema.get("properties", {})), schema.get("$defs", {}))
+    if "question" in props:
+        props["question"] = {**props["question"], "minLength": 1,
+                             "maxLength": max_question_chars, "pattern": r"\S"}
     required = ["image", *schema.get("required", [])]
     multipart = {**{k: _not_null(v) for k, v in props.items()},
                  "image": {"type": "string", "format": "binary",
