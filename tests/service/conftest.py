@@ -17,18 +17,13 @@ import uvicorn
 from service.app import create_app
 from service.runners import LoadedModel, load_model
 from service.settings import Settings
+from tests.training.test_train_multitask import TINY_MODEL
 from training.data import shapes
 from training.train import main as train_main
 
 DATASETS = ("vqa2", "textvqa", "vizwiz", "coco", "visdial")
-TINY_MULTITASK = [
-    "model.name=multitask", "model.image_size=64", "model.backbone=resnet18",
-    "model.freeze_backbone=true", "model.hidden_dim=32", "model.embedding_dim=16",
-    "model.attention_dim=32", "model.fusion_dim=32", "model.classifier_dim=32",
-    "model.classifier_text_dim=16", "model.image_dim=32", "model.ocr_embedding_dim=16",
-    "model.ocr_dim=16", "model.caption_hidden_dim=32", "model.caption_attention_dim=32",
-    "model.dialog_attention_dim=32", "model.dropout=0.0",
-]
+# the tiny multi-task model of the trainer's tests
+TINY_MULTITASK = TINY_MODEL
 
 
 @pytest.fixture(scope="session")
