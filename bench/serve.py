@@ -1,11 +1,13 @@
-"""Serving benchmark: the HTTP service against its in-process ceiling and against LitServe,
-all measured in one run. Prints one JSON object on stdout (progress goes to stderr).
+"""Serving benchmark: the HTTP service in local mode and in Celery mode against its in-process
+ceiling and against LitServe, and batch-prediction jobs against ``training.predict``, all
+measured in one run. Prints one JSON object on stdout (progress goes to stderr).
 
     make bench-serve        # runs: .venv/bin/python bench/serve.py
     .venv/bin/python bench/serve.py [--model RELEASE_DIR] [--duration 10] [--warmup 2]
         [--concurrency 1 8 32 64] [--batch-sizes 1 4 8 16 32 64] [--inprocess-seconds S]
         [--max-batch-size 32] [--max-wait-ms 5] [--torch-threads 1|N|auto]
-        [--decode-threads N] [--no-litserve] [--profile] [--profile-seconds 10]
+        [--decode-threads N] [--no-litserve] [--modes local,celery] [--worker-concurrency N]
+        [--jobs | --no-jobs] [--job-batch-size 32] [--profile] [--profile-seconds 10]
         [--service-root DIR] [--out FILE] [--keep DIR]
         [--demo-run-dir runs/bench_demo] [--demo-updates 20] [--data-dir data/shapes]
 
@@ -13,8 +15,10 @@ Needs ``wrk`` (Debian: ``apt-get install -y wrk``; without it only the in-proces
 measured, the JSON says ``"wrk": "absent ..."`` and the exit status is 1) and the ``bench``
 extra (``pip install -e '.[bench]'``: LitServe, without which the ``litserve`` section says
 why it was skipped, and py-spy, which names the service's threads in the CPU accounting and
-runs ``--profile``). A default run takes about 5 minutes (16 load points of 2 + 10 s, the
-in-process loop twice, 4 server starts).
+runs ``--profile``); Celery mode needs ``redis-server`` (Debian: ``apt-get install -y
+redis-server``; without it the ``celery`` section says why it was skipped and the exit status
+is 1). A default run takes about 8 minutes (24 load points of 2 + 10 s, the in-process loop
+twice, 4 server starts and 2 Celery stacks, two jobs and ``training.predict`` twice).
 
 Take the final figures on a quiet machine: the servers, wrk and the in-process loop share
 the machine's cores, and other jobs (training) distort every figure. Each point reports
@@ -31,7 +35,8 @@ request: a ShapesWorld VQA v2 val JPEG (128 x 128) and its question as one fixed
 body (``image`` file, ``question``, ``top_k=5``), POSTed to ``/vqa`` by wrk with
 ``bench/wrk/multipart.lua``.
 
-Torch threads: every server and the in-process loop use ``--torch-threads`` (servers through
+Torch threads: every server, the Celery worker, ``training.predict`` and the in-process loop
+use ``--torch-threads`` (servers and the worker through
 ``OMP_NUM_THREADS``/``MKL_NUM_THREADS``, LitServe's worker and this process also through
 ``torch.set_num_threads``). Default 1: on a 2-core machine a second intra-op thread gave the
 service no more throughput at concurrency 32 (211 vs 213, then 194 vs 169 requests/s) while
@@ -67,12 +72,39 @@ What the figures mean:
   LitServe serving the same release with the same decoding and ``Predictor.vqa``
   (``max_batch_size`` and ``batch_timeout`` = the service's max batch size and max wait,
   ``workers_per_device=1``, ``accelerator="cpu"``, one API server, same torch threads).
+* ``celery.batched`` / ``celery.unbatched`` (``--modes`` with ``celery``): the same points for
+  Celery mode with one worker. Per stack a private ``redis-server`` (``--save ""
+  --appendonly no``), one worker ``python -m celery -A service.worker worker --pool threads
+  --concurrency <--worker-concurrency> --loglevel warning --without-gossip --without-mingle
+  --without-heartbeat`` (``PYTHIA_MODELS``, ``PYTHIA_DEVICE=cpu``, the same
+  ``PYTHIA_MAX_BATCH_SIZE`` / ``PYTHIA_MAX_WAIT_MS`` and torch threads as the local server)
+  and the API (``PYTHIA_QUEUE=celery``: decodes, publishes, waits; no weights), driven by wrk
+  exactly like the local server and interleaved with it. The three processes share one
+  process group: ``cpu_ms_per_request``/``server_cores`` cover the whole stack (API + worker
+  + Redis), ``cpu_ms_per_request_by_process`` splits it; there is no ``mean_batch_size``
+  (the worker exports no metrics) and no per-thread split. ``startup_s`` runs until a first
+  ``/vqa`` answer came back through the worker.
+* ``jobs`` (``--jobs``, default on): ``POST /jobs`` ``{"task": "vqa", "dataset": "vqa2",
+  "split": "val", "data_dir": "vqa2", "batch_size": --job-batch-size}`` on the batched local
+  server and the batched Celery stack (``PYTHIA_DATA_ROOT`` = the ShapesWorld root of the
+  sample image; one worker), timed from the POST until ``GET /jobs/{id}`` says ``done``
+  (polled every 20 ms), after the load points; against ``training.predict.predict`` on the
+  same split with the same batch size in this process (its own ``seconds``: loading the
+  release and the split included), run before and after the jobs, the faster run kept.
+  Per mode: ``questions``, ``seconds``, ``job_questions_per_s``, ``predict_questions_per_s``,
+  ``ratio`` (job / predict, target >= 0.8), ``met``, ``same_as_predict`` (the job's file has
+  the same rows as predict's); ``predict`` lists both predict runs. The demo's generated
+  ShapesWorld val split is small (80 questions): fixed costs weigh on both sides; pass
+  ``--data-dir`` with a bigger ShapesWorld for steadier figures.
 * ``ratios`` (``value``, ``target``, ``met``), from the points at concurrency 32:
   ``served_vs_ceiling`` = service batched rps / in-process best items/s (target >= 0.75);
   ``service_vs_litserve`` = service batched rps / LitServe batched rps (>= 1.2);
   ``batching_gain_vs_inprocess`` = (service batched rps / service unbatched rps) /
   (in-process best items/s / in-process batch-1 items/s) (>= 0.8); and at concurrency 1
-  ``p50_overhead_ms`` = service batched p50 - in-process batch-1 ms per item (<= 5).
+  ``p50_overhead_ms`` = service batched p50 - in-process batch-1 ms per item (<= 5);
+  ``celery_vs_local_c32`` = Celery batched rps / local batched rps (>= 0.8), and
+  ``jobs_vs_predict_local`` / ``jobs_vs_predict_celery`` = the jobs' ratios (>= 0.8), when
+  measured.
 * ``cpu_ratios``: the first three again from CPU time per request instead of requests/s
   (robust to other load, blind to parallelism), and the service's CPU ms per request above
   the in-process CPU ms per item.
@@ -107,7 +139,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,7 +151,9 @@ LUA = ROOT / "bench" / "wrk" / "multipart.lua"
 LITSERVE_SCRIPT = ROOT / "bench" / "litserve_vqa.py"
 BOUNDARY = "pythia-bench-7f3c2a9e51d04b86"
 TARGETS = {"served_vs_ceiling": (">=", 0.75), "service_vs_litserve": (">=", 1.2),
-           "batching_gain_vs_inprocess": (">=", 0.8), "p50_overhead_ms": ("<=", 5.0)}
+           "batching_gain_vs_inprocess": (">=", 0.8), "p50_overhead_ms": ("<=", 5.0),
+           "celery_vs_local_c32": (">=", 0.8), "jobs_vs_predict_local": (">=", 0.8),
+           "jobs_vs_predict_celery": (">=", 0.8)}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -446,7 +480,7 @@ def _clean_env(threads: int) -> dict[str, str]:
 
 def pythia_server(release: Path, *, max_batch: int, max_wait_ms: float, threads: int,
                   decode_threads: int | None, scratch: Path, label: str,
-                  service_root: Path | None = None) -> Server:
+                  service_root: Path | None = None, data_root: Path | None = None) -> Server:
     """``python -m service`` on a free port; ``service_root``: import the ``service`` package
     from that directory instead of this checkout (``models`` etc. still come from here)."""
     port = free_port()
@@ -458,10 +492,154 @@ def pythia_server(release: Path, *, max_batch: int, max_wait_ms: float, threads:
                PYTHIA_PORT=str(port))
     if decode_threads is not None:
         env["PYTHIA_DECODE_THREADS"] = str(decode_threads)
+    if data_root is not None:
+        env["PYTHIA_DATA_ROOT"] = str(data_root)
     cmd = [sys.executable, "-m", "service", "--model", f"bench={release}", "--log-level",
            "warning"]
     return Server(f"service ({label})", cmd, env, port, "/readyz",
                   scratch / f"service-{label}.log", cwd=service_root or ROOT)
+
+
+def _proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process (all its threads, also the finished ones)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+@dataclass
+class CeleryStack(Server):
+    """Celery mode as one ``Server``: a private ``redis-server`` (the process group's leader,
+    so the CPU accounting covers the whole stack), one worker (``celery -A service.worker
+    worker --pool threads``, which loads the model) and the API (``PYTHIA_QUEUE=celery``, no
+    weights), both in redis's process group. ``url`` is the API's."""
+
+    redis_cmd: list[str] = field(default_factory=list)
+    worker_cmd: list[str] = field(default_factory=list)
+    worker_env: dict[str, str] = field(default_factory=dict)
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def _spawn(self, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        log_path = self.log_path.with_suffix(f".{name}.log")
+        leader = self.procs.get("redis")
+        with log_path.open("wb") as out:
+            # a new process group led by redis (not a new session: joining a group of
+            # another session is not permitted)
+            proc = subprocess.Popen(cmd, env=env, cwd=self.cwd, stdout=out,
+                                    stderr=subprocess.STDOUT,
+                                    process_group=0 if leader is None else leader.pid)
+        self.procs[name] = proc
+        self.extra.setdefault("processes", {})[name] = proc.pid
+        return proc
+
+    def start(self, timeout: float = 180.0) -> None:
+        """Redis, then the worker, then the API; ready when a ``/vqa`` request went through
+        the worker (the worker logs nothing at ``--loglevel warning``: its first answer is
+        the readiness signal; requests sent before it consumed just wait in the queue)."""
+        t0 = time.perf_counter()
+        try:
+            import redis
+
+            self.proc = self._spawn("redis", self.redis_cmd, dict(os.environ))
+            client = redis.Redis.from_url(self.env["PYTHIA_REDIS_URL"],
+                                          socket_connect_timeout=0.5)
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    if client.ping():
+                        break
+                except redis.exceptions.ConnectionError:
+                    if time.monotonic() > deadline or self.proc.poll() is not None:
+                        raise RuntimeError(f"redis-server did not start:\n{self.log_tail()}"
+                                           ) from None
+                    time.sleep(0.05)
+            client.close()
+            self._spawn("worker", self.worker_cmd, self.worker_env)
+            self._spawn("api", self.cmd, self.env)
+            deadline = time.monotonic() + timeout
+            body = self.extra["check_body"]
+            while True:
+                for name, proc in self.procs.items():
+                    if proc.poll() is not None:
+                        raise RuntimeError(f"{self.name}: {name} exited with "
+                                           f"{proc.returncode}:\n{self.log_tail()}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{self.name} not ready after {timeout} s:\n"
+                                       f"{self.log_tail()}")
+                try:
+                    status, _ = _http("POST", self.url + "/vqa", body[0], body[1], timeout=60)
+                    if status == 200:
+                        break
+                except OSError:
+                    pass
+                time.sleep(0.25)
+        except BaseException:
+            self.stop()
+            raise
+        self.started_s = round(time.perf_counter() - t0, 1)
+
+    def stop(self) -> None:
+        """The API, then the worker (each SIGTERM, SIGKILL after 30 s), then Redis; then
+        anything left in the group."""
+        for name in ("api", "worker", "redis"):
+            proc = self.procs.get(name)
+            if proc is None or proc.poll() is not None:
+                continue
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        leader = self.procs.get("redis")
+        if leader is not None and _group_alive(leader.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(leader.pid, signal.SIGKILL)
+
+    def log_tail(self, lines: int = 30) -> str:
+        tails = []
+        for name in self.procs:
+            path = self.log_path.with_suffix(f".{name}.log")
+            with contextlib.suppress(OSError):
+                text = path.read_text(errors="replace").splitlines()[-lines:]
+                tails.append(f"--- {name} ---\n" + "\n".join(text))
+        return "\n".join(tails)
+
+
+def celery_stack(release: Path, *, max_batch: int, max_wait_ms: float, threads: int,
+                 decode_threads: int | None, worker_concurrency: int, redis_server: str,
+                 scratch: Path, label: str, service_root: Path | None = None,
+                 data_root: Path | None = None) -> CeleryStack:
+    """Celery mode with one worker: the API's settings as ``pythia_server``'s plus
+    ``PYTHIA_QUEUE=celery``; the worker with the same torch threads (``OMP_NUM_THREADS`` /
+    ``MKL_NUM_THREADS``), batch size and wait, ``--concurrency worker_concurrency``."""
+    api = pythia_server(release, max_batch=max_batch, max_wait_ms=max_wait_ms, threads=threads,
+                        decode_threads=decode_threads, scratch=scratch, label=label,
+                        service_root=service_root, data_root=data_root)
+    redis_port = free_port()
+    redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    api.env.update(PYTHIA_QUEUE="celery", PYTHIA_REDIS_URL=redis_url)
+    worker_env = _clean_env(threads)
+    worker_env["PYTHONPATH"] = api.env["PYTHONPATH"]
+    worker_env.update(PYTHIA_MODELS=f"bench={release}", PYTHIA_REDIS_URL=redis_url,
+                      PYTHIA_DEVICE="cpu", PYTHIA_MAX_BATCH_SIZE=str(max_batch),
+                      PYTHIA_MAX_WAIT_MS=str(max_wait_ms))
+    if data_root is not None:
+        worker_env["PYTHIA_DATA_ROOT"] = str(data_root)
+    worker_cmd = [sys.executable, "-m", "celery", "-A", "service.worker", "worker", "--pool",
+                  "threads", "--concurrency", str(worker_concurrency), "--loglevel", "warning",
+                  "--without-gossip", "--without-mingle", "--without-heartbeat",
+                  "-n", f"bench-{redis_port}@%h"]
+    redis_dir = scratch / f"redis-{label}"
+    redis_dir.mkdir(exist_ok=True)
+    redis_cmd = [redis_server, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", str(redis_dir)]
+    return CeleryStack(f"celery ({label})", api.cmd, api.env, api.port, "/readyz",
+                       scratch / f"celery-{label}", cwd=api.cwd, redis_cmd=redis_cmd,
+                       worker_cmd=worker_cmd, worker_env=worker_env)
 
 
 def litserve_server(release: Path, *, max_batch: int, max_wait_ms: float, threads: int,
@@ -567,6 +745,8 @@ def measure(server: Server, sample_file: Path, ctype: str, connections: int, sec
         wait_idle(server)
     b0 = _batches(server, pythia)
     threads0 = _thread_cpu_s(server.proc.pid) if pythia else {}
+    procs: dict[str, int] = server.extra.get("processes", {})
+    procs0 = {name: _proc_cpu_s(pid) for name, pid in procs.items()}
     cpu0, busy0, kids0 = _group_cpu_s(server.proc.pid), _machine_busy_s(), \
         resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
@@ -575,6 +755,7 @@ def measure(server: Server, sample_file: Path, ctype: str, connections: int, sec
     cpu1, busy1, kids1 = _group_cpu_s(server.proc.pid), _machine_busy_s(), \
         resource.getrusage(resource.RUSAGE_CHILDREN)
     threads1 = _thread_cpu_s(server.proc.pid) if pythia else {}
+    procs1 = {name: _proc_cpu_s(pid) for name, pid in procs.items()}
     drain = wait_idle(server)
     b1 = _batches(server, pythia)
     server_cores = (cpu1 - cpu0) / wall
@@ -611,6 +792,10 @@ def measure(server: Server, sample_file: Path, ctype: str, connections: int, sec
         point["cpu_ms_per_request_by_thread"] = {
             k: round(1000 * v / w["requests"], 3)
             for k, v in sorted(per.items(), key=lambda kv: -kv[1]) if v > 0}
+    if procs and w["requests"]:
+        point["cpu_ms_per_request_by_process"] = {
+            name: round(1000 * (procs1[name] - procs0[name]) / w["requests"], 3)
+            for name in procs}
     point.update(cpu_ms_per_request=round(1000 * (cpu1 - cpu0) / w["requests"], 3)
                  if w["requests"] else None,
                  server_cores=round(server_cores, 2), wrk_cores=round(wrk_cores, 2),
@@ -619,11 +804,12 @@ def measure(server: Server, sample_file: Path, ctype: str, connections: int, sec
 
 
 def sweep(servers: Sequence[Server], sample: Sample, body_file: Path,
-          args: argparse.Namespace, concurrencies: Sequence[int], seconds: int
-          ) -> list[dict[str, Any]]:
+          args: argparse.Namespace, concurrencies: Sequence[int], seconds: int,
+          then: Callable[[], None] | None = None) -> list[dict[str, Any]]:
     """Start every server, check one answer from each, then measure them interleaved: for
     each concurrency, every server in turn (so a change in the machine's other load spreads
-    over all of them instead of biasing the later ones). The servers are stopped at the end."""
+    over all of them instead of biasing the later ones); ``then()`` runs after that, before
+    the servers are stopped (at the end, also on errors)."""
     sections: list[dict[str, Any]] = []
     try:
         for server in servers:
@@ -644,6 +830,8 @@ def sweep(servers: Sequence[Server], sample: Sample, body_file: Path,
         for server, section in zip(servers, sections):
             if server.extra.get("profile"):
                 section["profile"] = profile(server, body_file, sample.content_type, args)
+        if then is not None:
+            then()
         return sections
     finally:
         for server in servers:
@@ -767,6 +955,87 @@ def profile(server: Server, body_file: Path, ctype: str, args: argparse.Namespac
     return out
 
 
+# -- batch-prediction jobs ------------------------------------------------------------------------
+JOB_TARGET = 0.8
+
+
+def _rows_key(rows: Any) -> list[str]:
+    return sorted(json.dumps(r, sort_keys=True) for r in rows)
+
+
+def run_predict(release: Path, data_root: Path, split: str, batch_size: int, out: Path
+                ) -> tuple[float, int, list[str]]:
+    """``training.predict.predict`` in this process (torch threads as set): (seconds, as it
+    reports them, loading the release and the split included; rows; the file's sorted rows)."""
+    from training.predict import predict
+
+    got = predict(release, "vqa2", data_root / "vqa2", split, out, batch_size=batch_size,
+                  device="cpu")
+    rows = json.loads(out.read_text())
+    return float(got["seconds"]), len(rows), _rows_key(rows)
+
+
+def run_job(server: Server, split: str, batch_size: int, timeout: float = 1800.0
+            ) -> tuple[float, list[Any]]:
+    """``POST /jobs`` for the vqa2 split, poll ``GET /jobs/{id}`` every 20 ms until done,
+    fetch the result: (seconds from the POST to ``done``, the result's rows)."""
+    body = json.dumps({"task": "vqa", "dataset": "vqa2", "split": split, "data_dir": "vqa2",
+                       "batch_size": batch_size}).encode()
+    t0 = time.perf_counter()
+    status, raw = _http("POST", server.url + "/jobs", body, "application/json")
+    if status != 202:
+        raise RuntimeError(f"{server.name}: POST /jobs answered {status}: {raw[:500]!r}")
+    job_id = json.loads(raw)["job_id"]
+    while True:
+        status, raw = _http("GET", f"{server.url}/jobs/{job_id}")
+        meta = json.loads(raw) if status == 200 else {}
+        if meta.get("status") == "done":
+            seconds = time.perf_counter() - t0
+            break
+        if status != 200 or meta.get("status") == "failed":
+            raise RuntimeError(f"{server.name}: job {job_id}: {status} {raw[:500]!r}\n"
+                               f"{server.log_tail()}")
+        if time.perf_counter() - t0 > timeout:
+            raise RuntimeError(f"{server.name}: job {job_id} not done after {timeout} s")
+        time.sleep(0.02)
+    status, raw = _http("GET", f"{server.url}/jobs/{job_id}/result", timeout=120)
+    if status != 200:
+        raise RuntimeError(f"{server.name}: GET /jobs/{job_id}/result answered {status}")
+    rows: list[Any] = json.loads(raw)
+    return seconds, rows
+
+
+def measure_jobs(servers: dict[str, Server], release: Path, data_root: Path, split: str,
+                 batch_size: int, scratch: Path) -> dict[str, Any]:
+    """Job throughput against ``training.predict`` on the same split: predict, every mode's
+    job in turn, predict again (the faster predict run is the reference)."""
+    out = scratch / "predict.json"
+    log(f"jobs: training.predict on vqa2 {split} (batch {batch_size}), first run")
+    p_s, questions, p_rows = run_predict(release, data_root, split, batch_size, out)
+    predict_runs = [p_s]
+    jobs: dict[str, Any] = {}
+    for mode, server in servers.items():
+        wait_idle(server)
+        log(f"jobs: a {mode}-mode job on {server.name}")
+        seconds, rows = run_job(server, split, batch_size)
+        jobs[mode] = {"questions": len(rows), "seconds": round(seconds, 2),
+                      "job_questions_per_s": round(len(rows) / seconds, 2),
+                      "same_as_predict": _rows_key(rows) == p_rows}
+        log(f"jobs: {mode}: {len(rows)} questions in {seconds:.2f} s")
+    log("jobs: training.predict, second run")
+    predict_runs.append(run_predict(release, data_root, split, batch_size, out)[0])
+    best = min(predict_runs)
+    predict_qps = round(questions / best, 2)
+    for entry in jobs.values():
+        ratio = entry["job_questions_per_s"] / predict_qps if predict_qps else None
+        entry.update(predict_questions_per_s=predict_qps,
+                     ratio=None if ratio is None else round(ratio, 3),
+                     target=f">= {JOB_TARGET}", met=ratio is not None and ratio >= JOB_TARGET)
+    return {**jobs, "predict": {"questions": questions, "seconds_runs":
+                                [round(v, 2) for v in predict_runs],
+                                "questions_per_s": predict_qps}}
+
+
 # -- ratios ---------------------------------------------------------------------------------------
 def _point(section: dict[str, Any] | None, c: int) -> dict[str, Any] | None:
     if not section or "points" not in section:
@@ -790,6 +1059,14 @@ def ratios(result: dict[str, Any]) -> dict[str, Any]:
         if pb32 and pu32 and pu32["rps"] else None,
         "p50_overhead_ms": pb1["p50_ms"] - ip["batch1_ms_per_item"] if pb1 else None,
     }
+    cb32 = _point(result.get("celery", {}).get("batched"), 32)
+    if cb32 or "celery" in result:
+        values["celery_vs_local_c32"] = cb32["rps"] / pb32["rps"] \
+            if cb32 and pb32 and pb32["rps"] else None
+    for mode in ("local", "celery"):
+        job = result.get("jobs", {}).get(mode)
+        if job is not None:
+            values[f"jobs_vs_predict_{mode}"] = job.get("ratio")
     out: dict[str, Any] = {}
     for name, value in values.items():
         op, target = TARGETS[name]
@@ -839,6 +1116,13 @@ def _parse_threads(text: str) -> int | str:
     return n
 
 
+def _parse_modes(text: str) -> list[str]:
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    if not modes or set(modes) - {"local", "celery"}:
+        raise argparse.ArgumentTypeError("--modes takes local, celery or local,celery")
+    return sorted(set(modes), key=["local", "celery"].index)
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -861,6 +1145,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--decode-threads", type=int, default=None,
                     help="PYTHIA_DECODE_THREADS (default: the service's own default)")
     ap.add_argument("--no-litserve", action="store_true", help="skip the LitServe peer")
+    ap.add_argument("--modes", type=_parse_modes, default=["local", "celery"],
+                    metavar="local,celery",
+                    help="which service modes to load: local (the in-process engine; also "
+                         "LitServe) and/or celery (API + one worker + a private redis-server)")
+    ap.add_argument("--worker-concurrency", type=int, default=None,
+                    help="the Celery worker's --concurrency (threads; default: the largest "
+                         "of --max-batch-size and the concurrencies)")
+    ap.add_argument("--jobs", action=argparse.BooleanOptionalAction, default=True,
+                    help="measure batch-prediction jobs against training.predict")
+    ap.add_argument("--job-batch-size", type=int, default=32)
     ap.add_argument("--service-root", type=Path, default=None, metavar="DIR",
                     help="serve the 'service' package found in DIR (A/B a change to the "
                          "service; the models come from this checkout)")
@@ -884,8 +1178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with contextlib.redirect_stdout(sys.stderr):
         result, status = run(args)
     order = ["note", "machine", "request", "wrk", "config", "torch_threads_probe",
-             "in_process", "service", "litserve", "ratios", "ratios_note", "cpu_ratios",
-             "profile"]
+             "in_process", "service", "litserve", "celery", "jobs", "ratios", "ratios_note",
+             "cpu_ratios", "profile"]
     result = {k: result[k] for k in [*order, *(k for k in result if k not in order)]
               if k in result}
     text = json.dumps(result, indent=2)
@@ -920,6 +1214,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
         sample.body, sample.content_type = multipart_body(sample)
         body_file = scratch / "body.bin"
         body_file.write_bytes(sample.body)
+        job_root = Path(sample.path).resolve().parents[2]  # ROOT/vqa2/val2014/x.jpg
         result["request"] = {"image": sample.path, "image_bytes": len(sample.image),
                              "question": sample.question, "body_bytes": len(sample.body),
                              "top_k": 5}
@@ -927,7 +1222,8 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
         def pythia(threads: int, max_batch: int, label: str) -> Server:
             return pythia_server(release, max_batch=max_batch, max_wait_ms=args.max_wait_ms,
                                  threads=threads, decode_threads=args.decode_threads,
-                                 scratch=scratch, label=label, service_root=args.service_root)
+                                 scratch=scratch, label=label, service_root=args.service_root,
+                                 data_root=job_root)
 
         threads = args.torch_threads
         if wrk is None:
@@ -957,6 +1253,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
                             "max_wait_ms": args.max_wait_ms, "duration_s": args.duration,
                             "warmup_s": args.warmup, "concurrency": concurrencies,
                             "decode_threads": args.decode_threads or "service default",
+                            "modes": args.modes, "jobs": args.jobs,
                             "service_root": str(args.service_root or ROOT),
                             "order": "interleaved: per concurrency, every server in turn",
                             "wrk": "wrk -t1 -c<concurrency> --latency --timeout 60s -s "
@@ -970,15 +1267,18 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
         if wrk is not None:
             servers: list[Server] = []
             kinds: list[tuple[str, str, int]] = []
-            for label, max_batch in (("batched", args.max_batch_size), ("unbatched", 1)):
-                server = pythia(threads, max_batch, label)
-                server.extra["pythia"] = True
-                servers.append(server)
-                kinds.append(("service", label, max_batch))
+            job_servers: dict[str, Server] = {}
+            if "local" in args.modes:
+                for label, max_batch in (("batched", args.max_batch_size), ("unbatched", 1)):
+                    server = pythia(threads, max_batch, label)
+                    server.extra["pythia"] = True
+                    servers.append(server)
+                    kinds.append(("service", label, max_batch))
+                job_servers["local"] = servers[0]
             pyspy = _find_tool("py-spy")
             for server in servers:
                 server.extra["pyspy"] = pyspy  # names the threads in the CPU accounting
-            if args.profile:
+            if args.profile and servers:
                 if pyspy:
                     servers[0].extra["profile"] = pyspy
                 else:
@@ -986,6 +1286,8 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
             lit: dict[str, Any] = {}
             if args.no_litserve:
                 lit["skipped"] = "--no-litserve"
+            elif "local" not in args.modes:
+                lit["skipped"] = "--modes without local"
             else:
                 try:
                     import litserve
@@ -1000,21 +1302,67 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
                                                    threads=threads, scratch=scratch,
                                                    label=label))
                     kinds.append(("litserve", label, max_batch))
-            sections = sweep(servers, sample, body_file, args, concurrencies, args.duration)
+            cel: dict[str, Any] = {}
+            redis_server = shutil.which("redis-server")
+            worker_concurrency = args.worker_concurrency or max(args.max_batch_size,
+                                                                *concurrencies)
+            if "celery" not in args.modes:
+                cel["skipped"] = "--modes without celery"
+            elif redis_server is None:
+                cel["skipped"] = "redis-server is not installed (apt-get install -y redis-server)"
+                status = 1
+            else:
+                for label, max_batch in (("batched", args.max_batch_size), ("unbatched", 1)):
+                    stack = celery_stack(release, max_batch=max_batch,
+                                         max_wait_ms=args.max_wait_ms, threads=threads,
+                                         decode_threads=args.decode_threads,
+                                         worker_concurrency=worker_concurrency,
+                                         redis_server=redis_server, scratch=scratch,
+                                         label=label, service_root=args.service_root,
+                                         data_root=job_root)
+                    stack.extra["check_body"] = (sample.body, sample.content_type)
+                    servers.append(stack)
+                    kinds.append(("celery", label, max_batch))
+                    if label == "batched":
+                        job_servers["celery"] = stack
+
+            def jobs() -> None:
+                nonlocal status
+                if not args.jobs:
+                    result["jobs"] = {"skipped": "--no-jobs"}
+                    return
+                try:
+                    result["jobs"] = measure_jobs(job_servers, release, job_root, "val",
+                                                  args.job_batch_size, scratch)
+                except Exception as exc:  # the load points stand; the jobs say why
+                    log(f"jobs failed: {exc}")
+                    result["jobs"] = {"error": str(exc)[-3000:]}
+                    status = 1
+
+            sections = sweep(servers, sample, body_file, args, concurrencies, args.duration,
+                             then=jobs)
             svc: dict[str, Any] = {}
             for (kind, label, max_batch), section in zip(kinds, sections):
                 if kind == "service":
                     section["settings"] = {"PYTHIA_MAX_BATCH_SIZE": max_batch,
                                            "PYTHIA_MAX_WAIT_MS": args.max_wait_ms}
                     svc[label] = section
+                elif kind == "celery":
+                    section["settings"] = {"PYTHIA_MAX_BATCH_SIZE": max_batch,
+                                           "PYTHIA_MAX_WAIT_MS": args.max_wait_ms,
+                                           "workers": 1,
+                                           "worker_concurrency": worker_concurrency,
+                                           "worker_pool": "threads"}
+                    cel[label] = section
                 else:
                     section["settings"] = {"max_batch_size": max_batch,
                                            "batch_timeout_s": args.max_wait_ms / 1000}
                     lit[label] = section
                 if "profile" in section:
                     result["profile"] = section.pop("profile")
-            result["service"] = svc
+            result["service"] = svc if svc else {"skipped": "--modes without local"}
             result["litserve"] = lit
+            result["celery"] = cel
             if 32 not in concurrencies or 1 not in concurrencies:
                 result["ratios_note"] = "the ratios need concurrency 32 and 1 to be measured"
 
