@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m service.demo", description=__doc__.split("\n")[0])
     p.add_argument("--run-dir", type=Path, default=Path("runs/demo"))
     p.add_argument("--data-dir", type=Path, default=Path("data/shapes"))
-    p.add_argument("--updates", type=int, default=1500)
+    p.add_argument("--updates", type=int, default=600)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)

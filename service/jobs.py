@@ -339,7 +339,8 @@ def stream_result(store: JobStore, job_id: str, shards: int) -> Iterator[bytes]:
 class LocalJobs:
     """Local mode's runner: shards on a thread pool of this process."""
 
-    def __init__(self, workers: int = 2) -> None:
+    def __init__(self, workers: int = 1) -> None:
+        # one shard at a time: a shard already batches, and shares the cores with requests
         self.store = MemoryJobStore()
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="job")
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -131,6 +132,9 @@ for _kind in TASK_QUEUES:
 
 
 _jobs: RedisJobStore | None = None
+# Shards already batch their items: running many at once in one process only splits the
+# same cores (or GPU) between them. PYTHIA_JOB_CONCURRENCY shards run at a time per process.
+_shard_slots = threading.Semaphore(max(1, int(os.environ.get("PYTHIA_JOB_CONCURRENCY", "1"))))
 
 
 @app.task(name="pythia.job_shard", bind=True)
@@ -149,7 +153,8 @@ def job_shard(self: Any, job_id: str, index: int) -> None:
         _jobs.update(job_id, status="failed", error=f"this worker does not serve model "
                      f"{meta['model']!r}")
         return
-    run_shard(_jobs, model.runner.predictor, job_id, index, Path(settings.data_root))
+    with _shard_slots:
+        run_shard(_jobs, model.runner.predictor, job_id, index, Path(settings.data_root))
 
 
 @worker_process_init.connect
