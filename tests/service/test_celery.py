@@ -220,3 +220,56 @@ def test_redis_outage_503_then_recovery(
     finally:
         stop_worker(proc)
         own.stop()
+
+
+def test_worker_killed_while_holding_requests(serve: Callable[..., LiveServer],
+                                              front: LoadedModel, demo_release: Path,
+                                              tmp_path: Path, image_bytes: bytes) -> None:
+    # Requests in flight when the worker dies (some inside its batcher): each is answered or
+    # fails with a clear 5xx within its deadline; none hangs; a new worker serves again.
+    import signal
+
+    own = RedisServer(tmp_path).start()
+    proc = start_worker(demo_release, own.url, concurrency=8)
+    second = None
+    timeout = 4.0
+    try:
+        remote = serve(models={"demo": front}, queue="celery", redis_url=own.url,
+                       request_timeout_s=timeout)
+        results: list[tuple[Any, float]] = []
+        lock = threading.Lock()
+        stop = threading.Event()
+
+        def client(i: int) -> None:
+            with httpx.Client(timeout=30) as c:
+                while not stop.is_set():
+                    t0 = time.monotonic()
+                    r = _vqa(c, remote.url, image_bytes, f"how many circles {i}?")
+                    with lock:
+                        results.append((r.status_code, time.monotonic() - t0))
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 60
+        while len(results) < 24 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        before = len(results)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        time.sleep(timeout + 1.5)  # every request the dead worker held passes its deadline
+        stop.set()
+        for t in threads:
+            t.join(30)
+        statuses = [s for s, _ in results]
+        assert before >= 24 and set(statuses) <= {200, 503, 504}, set(statuses)
+        assert 504 in statuses[before:]  # held or queued with no worker: a clear 504
+        assert max(e for _, e in results) < timeout + 2.0  # nothing hangs past its deadline
+        second = start_worker(demo_release, own.url, concurrency=2)
+        with httpx.Client(timeout=60) as c:
+            assert _vqa(c, remote.url, image_bytes, "after?").status_code == 200
+    finally:
+        stop_worker(proc)
+        if second is not None:
+            stop_worker(second)
+        own.stop()
