@@ -51,8 +51,11 @@ class CeleryClient:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.celery = make_celery(settings)
+        # Every waiting request holds a connection for its BLPOP: redis-py's default pool of
+        # 100 would report overload as "Too many connections" (a 503) instead of a 429.
         self.redis = aredis.Redis.from_url(settings.redis_url, socket_timeout=5,
-                                           socket_connect_timeout=2)
+                                           socket_connect_timeout=2,
+                                           max_connections=4 * settings.queue_size + 256)
         # kombu publishes synchronously: a few threads keep it off the event loop
         self.publisher = ThreadPoolExecutor(4, thread_name_prefix="publish")
         self._healthy_until = 0.0
