@@ -104,6 +104,7 @@ sys.path.insert(0, str(ROOT))
 from bench.serve import (  # noqa: E402
     CeleryStack,
     Server,
+    _parse_modes,
     celery_stack,
     demo_release,
     find_sample,
@@ -534,13 +535,6 @@ def checks(out: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
 
 
 # -- main -----------------------------------------------------------------------------------------
-def _parse_modes(text: str) -> list[str]:
-    modes = [m.strip() for m in text.split(",") if m.strip()]
-    if not modes or set(modes) - {"local", "celery"}:
-        raise argparse.ArgumentTypeError("--modes takes local, celery or local,celery")
-    return sorted(set(modes), key=["local", "celery"].index)
-
-
 def _parse_mults(text: str) -> list[float]:
     try:
         mults = [float(m) for m in text.split(",") if m.strip()]

@@ -776,8 +776,6 @@ def create_app(settings: Settings, models: Mapping[str, LoadedModel],
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         # Never a stack trace to the client; the server log has it.
-        import logging
-
         logging.getLogger("pythia.service").exception("unexpected error on %s", request.url.path)
         return error_response(500, "internal_error", "internal error; see the server log")
 

@@ -50,31 +50,6 @@ CONTAINER_DATA = "/data"
 CONTAINER_REDIS = "redis:6379"
 
 
-class ComposeRedis(RedisServer):
-    """tests/service's RedisServer, started with the compose service's own command."""
-
-    def __init__(self, tmp: Path, command: list[str]) -> None:
-        super().__init__(tmp)
-        self.command = command
-
-    def start(self) -> ComposeRedis:
-        args = [*self.command, "--port", str(self.port), "--bind", "127.0.0.1",
-                "--dir", str(self.tmp)]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        import redis
-
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                if client.ping():
-                    return self
-            except redis.exceptions.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError(f"redis-server did not start with {args}")
-
-
 class Topology:
     """What the compose file says, mapped onto this machine (see the module docstring)."""
 
@@ -169,7 +144,7 @@ def data_root(shapes_root: Path, tmp_path: Path) -> Path:
 @pytest.fixture
 def topology(demo_release: Path, data_root: Path, tmp_path: Path) -> Iterator[Topology]:
     topo = Topology(demo_release, data_root, free_port(), free_port())
-    redis = ComposeRedis(tmp_path, topo.services["redis"]["command"])
+    redis = RedisServer(tmp_path, topo.services["redis"]["command"])  # compose's command
     redis.port = topo.redis_port
     redis.start()
     try:

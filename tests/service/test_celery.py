@@ -27,16 +27,20 @@ pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None,
 
 
 class RedisServer:
-    def __init__(self, tmp: Path) -> None:
+    """A private redis-server on a free port; ``command`` is what runs before the port, bind
+    and dir arguments (default: no persistence)."""
+
+    def __init__(self, tmp: Path, command: list[str] | None = None) -> None:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.tmp = tmp
+        self.command = command or ["redis-server", "--save", "", "--appendonly", "no"]
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> RedisServer:
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.tmp)],
+            [*self.command, "--port", str(self.port), "--bind", "127.0.0.1",
+             "--dir", str(self.tmp)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         import redis
 
