@@ -36,6 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+import redis
 from pydantic import BaseModel, Field
 
 from training.predict import (
@@ -48,10 +49,14 @@ from training.predict import (
     validate_rows,
 )
 
-__all__ = ["TASK_OF", "JobError", "JobRequest", "JobStore", "MemoryJobStore", "RedisJobStore",
-           "resolve_data_dir", "run_shard"]
+__all__ = ["STORE_ERRORS", "TASK_OF", "JobError", "JobRequest", "JobStore", "MemoryJobStore",
+           "RedisJobStore", "resolve_data_dir", "run_shard"]
 
 DEFAULT_SHARD = 256  # items per shard
+#: The job store could not be reached (Redis restarting or loading its append-only file). Not
+#: the job's fault: a shard that meets one is not marked failed; it runs again.
+STORE_ERRORS: tuple[type[Exception], ...] = (redis.exceptions.ConnectionError,
+                                             redis.exceptions.TimeoutError)
 
 
 class JobError(ValueError):
@@ -262,6 +267,8 @@ def run_shard(store: JobStore, predictor: Any, job_id: str, index: int,
         _, shards_done = store.put_shard(job_id, index, rows)
         if shards_done >= int(meta["shards"]):
             _finish(store, job_id, ds, meta)
+    except STORE_ERRORS:
+        raise  # nothing to record it in; the caller (or a redelivery) runs the shard again
     except Exception as exc:
         store.update(job_id, status="failed", error=f"shard {index}: {exc}",
                      finished_at=time.time())

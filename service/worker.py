@@ -26,7 +26,7 @@ import redis
 from celery.signals import worker_process_init, worker_ready
 
 from service.engine import Batcher, DeadlineExceeded, EngineError
-from service.jobs import RedisJobStore, run_shard
+from service.jobs import STORE_ERRORS, RedisJobStore, run_shard
 from service.queue import TASK_QUEUES, cancel_key, make_celery, result_key
 from service.runners import Job, LoadedModel, TaskError, load_model
 from service.settings import Settings
@@ -140,21 +140,39 @@ _shard_slots = threading.Semaphore(max(1, int(os.environ.get("PYTHIA_JOB_CONCURR
 @app.task(name="pythia.job_shard", bind=True)
 def job_shard(self: Any, job_id: str, index: int) -> None:
     """One shard of a batch-prediction job (``service.jobs``): idempotent, so a redelivery
-    after a worker died only overwrites the same rows."""
+    after a worker died only overwrites the same rows. While Redis is unreachable (restarting,
+    or loading its append-only file) the shard is tried again every second for up to
+    ``PYTHIA_JOB_STORE_RETRY_S`` (300) rather than failed: the job lives in Redis and comes
+    back with it."""
     global _jobs
     if _jobs is None:
         _jobs = RedisJobStore(_client())
-    meta = _jobs.get(job_id)
+    patience = float(os.environ.get("PYTHIA_JOB_STORE_RETRY_S", "300"))
+    give_up = time.monotonic() + patience
+    while True:
+        try:
+            _job_shard(_jobs, job_id, index)
+            return
+        except STORE_ERRORS as exc:
+            if time.monotonic() >= give_up:
+                raise  # the API's reconciler queues the shard again once Redis is back
+            log.warning("job %s shard %s: Redis unreachable (%s); trying again", job_id,
+                        index, exc)
+            time.sleep(1.0)
+
+
+def _job_shard(store: RedisJobStore, job_id: str, index: int) -> None:
+    meta = store.get(job_id)
     if meta is None:
         return  # expired or unknown: nothing to do
     engines()
     model = _models.get(str(meta["model"]))
     if model is None or model.runner is None:
-        _jobs.update(job_id, status="failed", error=f"this worker does not serve model "
+        store.update(job_id, status="failed", error=f"this worker does not serve model "
                      f"{meta['model']!r}")
         return
     with _shard_slots:
-        run_shard(_jobs, model.runner.predictor, job_id, index, Path(settings.data_root))
+        run_shard(store, model.runner.predictor, job_id, index, Path(settings.data_root))
 
 
 @worker_process_init.connect

@@ -172,6 +172,66 @@ def test_celery_job_survives_a_killed_worker(serve: Callable[..., LiveServer],
     assert _by_key(rows) == _by_key(reference)
 
 
+@pytest.mark.parametrize("fsync,stop", [("everysec", "restart"), ("always", "crash")])
+def test_celery_job_survives_a_redis_restart(serve: Callable[..., LiveServer],
+                                             front: LoadedModel, demo_release: Path,
+                                             big_vqa: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch, fsync: str,
+                                             stop: str) -> None:
+    # Redis with an append-only file, stopped mid-job: restarted as Compose and Kubernetes
+    # restart it (SIGTERM: it flushes the file; their `appendfsync everysec`), or crashed
+    # (SIGKILL) with `appendfsync always`. While it is gone the job's status answers 503 +
+    # Retry-After and /readyz says so; once it is back (same port, same files) the job
+    # finishes by itself with every question exactly once and the same rows as
+    # training.predict.
+    monkeypatch.setenv("PYTHIA_JOB_IDLE_S", "6")
+    aof = RedisServer(tmp_path, ["redis-server", "--save", "", "--appendonly", "yes",
+                                 "--appendfsync", fsync]).start()
+    env = {"PYTHIA_VISIBILITY_TIMEOUT_S": "4", "PYTHIA_DATA_ROOT": str(big_vqa)}
+    worker = start_worker(demo_release, aof.url, concurrency=1, extra_env=env)
+    server = serve(models={"demo": front}, queue="celery", redis_url=aof.url,
+                   data_root=str(big_vqa))
+    try:
+        with httpx.Client(timeout=60) as c:
+            r = _job(c, server.url, task="vqa", dataset="vqa2", split="val", data_dir="vqa2",
+                     shard_size=10, batch_size=10)
+            assert r.status_code == 202, r.text
+            job_id = r.json()["job_id"]
+            deadline = time.monotonic() + 120
+            status: dict[str, Any] = {}
+            while time.monotonic() < deadline:
+                status = c.get(f"{server.url}/jobs/{job_id}").json()
+                if status["progress"]["done"] >= 60:
+                    break
+                time.sleep(0.02)
+            assert status["status"] == "running" and status["progress"]["done"] < 300, status
+            assert aof.proc is not None
+            if stop == "crash":
+                aof.proc.kill()
+                aof.proc.wait()
+                aof.proc = None
+            else:
+                aof.stop()
+            gone = c.get(f"{server.url}/jobs/{job_id}")
+            assert gone.status_code == 503 and gone.headers["retry-after"] == "1"
+            assert gone.json()["error"]["code"] == "queue_unavailable"
+            assert c.get(f"{server.url}/readyz").status_code == 503
+            time.sleep(3)  # the worker meets the outage mid-shard
+            aof.start()
+            final = _wait(c, server.url, job_id, timeout=150)
+            assert final["status"] == "done", final
+            assert final["progress"] == {"done": 300, "total": 300}
+            rows = c.get(f"{server.url}/jobs/{job_id}/result").json()
+            assert c.get(f"{server.url}/readyz").status_code == 200
+    finally:
+        stop_worker(worker)
+        aof.stop()
+    ids = [r["question_id"] for r in rows]
+    assert len(ids) == 300 and len(set(ids)) == 300  # every question exactly once
+    reference = _reference(demo_release, big_vqa / "vqa2", "val", tmp_path)
+    assert _by_key(rows) == _by_key(reference)
+
+
 def test_reconciler_requeues_lost_shards(front: LoadedModel, demo_release: Path,
                                          big_vqa: Path, own_redis: RedisServer) -> None:
     # No worker: the job's shard messages sit in the queue. Lose two of them as a dying
@@ -196,3 +256,34 @@ def test_reconciler_requeues_lost_shards(front: LoadedModel, demo_release: Path,
     assert job_id == meta["job_id"] and shards == [0, 1]
     assert r.llen("pythia.jobs") == 6
     assert client.jobs.get(job_id)["requeued"] == 2
+
+
+def test_a_redis_stall_does_not_fail_the_job(demo_model: LoadedModel, big_vqa: Path,
+                                             own_redis: RedisServer) -> None:
+    # Redis holds writes for longer than the store's socket timeout (CLIENT PAUSE, as an fsync
+    # or fork stall does) just as a shard stores its rows, and takes them again before the
+    # error handler's write would time out. The shard raises a store error and the job stays
+    # running, so a redelivery completes it; it is not marked failed for Redis's hiccup.
+    import redis
+
+    from service.jobs import STORE_ERRORS, JobRequest, RedisJobStore, plan_job, run_shard
+
+    class StallingStore(RedisJobStore):
+        def put_shard(self, job_id: str, index: int, rows: list[Any]) -> tuple[int, int]:
+            redis.Redis.from_url(own_redis.url).execute_command("CLIENT", "PAUSE", "500",
+                                                                "WRITE")
+            return super().put_shard(job_id, index, rows)  # times out after 0.3 s
+
+    fast = redis.Redis.from_url(own_redis.url, socket_timeout=0.3)
+    store = StallingStore(fast)
+    assert demo_model.runner is not None
+    predictor = demo_model.runner.predictor
+    meta = plan_job(JobRequest(task="vqa", dataset="vqa2", split="val", data_dir="vqa2",
+                               shard_size=50), predictor, big_vqa, "demo")
+    store.create(meta["job_id"], meta)
+    with pytest.raises(STORE_ERRORS):
+        run_shard(store, predictor, meta["job_id"], 0)
+    after = RedisJobStore(redis.Redis.from_url(own_redis.url)).get(meta["job_id"])
+    assert after is not None and after["status"] == "running" and after["error"] is None
+    run_shard(RedisJobStore(fast), predictor, meta["job_id"], 0)  # the redelivery
+    assert RedisJobStore(fast).done_shards(meta["job_id"]) == {0}
