@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -131,7 +132,7 @@ ERROR_STATUSES: dict[int, str] = {
     401: "Missing or wrong API key (only when PYTHIA_API_KEY is set)",
     403: "A path outside PYTHIA_DATA_ROOT",
     404: "Unknown model, task, answer head, dataset or job",
-    409: "The job has not finished",
+    409: "The job has not finished, or its Idempotency-Key is being submitted",
     413: "Body, upload or decoded pixels over the limit",
     415: "Image format or content type not accepted",
     422: "A field missing or out of range (the message names it)",
@@ -713,6 +714,9 @@ async def _until_disconnect(receive: Callable[[], Awaitable[MutableMapping[str, 
             return
 
 
+IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+
+
 # -- the app --------------------------------------------------------------------------------------
 def create_app(settings: Settings, models: Mapping[str, LoadedModel],
                failed: Mapping[str, str] | None = None) -> FastAPI:
@@ -969,12 +973,45 @@ def create_app(settings: Settings, models: Mapping[str, LoadedModel],
                            "jobs live as long as the process)")
         return dict(meta)
 
+    async def _claim_idempotency_key(key: str, body: Any, job_id: str) -> dict[str, Any] | None:
+        """Bind ``key`` to ``job_id`` and this request body; the job bound earlier when the key
+        was used before with the same body (a client's retry: replay it), ApiError 422 when
+        with another body. A key whose job never reached the store (e.g. lost with Redis's
+        last second before a crash) is taken over."""
+        store = state.job_store()
+        claim = hashlib.sha256(key.encode()).hexdigest()
+        digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+        try:
+            for _ in range(2):
+                earlier = await _in_thread(lambda: store.claim_key(claim, f"{job_id}:{digest}"))
+                if earlier is None:
+                    return None
+                earlier_id, _, earlier_digest = earlier.partition(":")
+                if earlier_digest != digest:
+                    raise ApiError(422, "idempotency_key_reused", "this Idempotency-Key was "
+                                   "sent before with a different job request")
+                meta = await _in_thread(functools.partial(store.get, earlier_id))
+                if meta is not None:
+                    return dict(meta)
+                await _in_thread(lambda: store.release_key(claim))
+        except REDIS_ERRORS as exc:
+            raise ApiError(503, "queue_unavailable", f"Redis is unreachable: {exc}",
+                           {"Retry-After": "1"}) from None
+        raise ApiError(409, "conflict", "another request with this Idempotency-Key is being "
+                       "submitted; retry", {"Retry-After": "1"})
+
     @app.post("/jobs", status_code=202,
-              responses=_errors(400, 401, 403, 404, 413, 422, 429, 503),
+              responses={**_errors(400, 401, 403, 404, 409, 413, 422, 429, 503), 200: {
+                  "description": "A retry with an Idempotency-Key already used: that job"}},
               openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
                   "schema": JobRequest.model_json_schema()}}},
+                  "parameters": [{"in": "header", "name": "Idempotency-Key", "required": False,
+                                  "description": "a client's key for this submission: a retry "
+                                  "with the same key and body gets the same job (200)",
+                                  "schema": {"type": "string", "pattern": "^[!-~]{1,255}$"}}],
                   "responses": {"202": {"content": {"application/json": {
-                      "schema": JOB_STATUS_SCHEMA}}}}})
+                      "schema": JOB_STATUS_SCHEMA}}}, "200": {"content": {"application/json": {
+                          "schema": JOB_STATUS_SCHEMA}}}}})
     async def create_job(request: Request) -> JSONResponse:
         """Start an EvalAI batch prediction over a dataset split under PYTHIA_DATA_ROOT."""
         data = _parse_json(await request.body(), "the body")
@@ -984,6 +1021,10 @@ def create_app(settings: Settings, models: Mapping[str, LoadedModel],
             req = JobRequest.model_validate(data)
         except ValidationError as exc:
             raise ApiError(422, "invalid_field", _field_errors(exc)) from None
+        key = request.headers.get("idempotency-key")
+        if key is not None and not IDEMPOTENCY_KEY.fullmatch(key):
+            raise ApiError(400, "invalid_header", "Idempotency-Key must be 1 to 255 visible "
+                           "ASCII characters")
         if state.refuses(request):
             raise ApiError(503, "shutting_down", "the service is shutting down",
                            {"Retry-After": "1"})
@@ -1000,6 +1041,11 @@ def create_app(settings: Settings, models: Mapping[str, LoadedModel],
             raise ApiError(exc.status, exc.code, exc.message) from None
         except JobError as exc:
             raise _job_error(exc) from None
+        if key is not None:
+            replay = await _claim_idempotency_key(key, data, meta["job_id"])
+            if replay is not None:
+                return JSONResponse(public_status(replay), status_code=200, headers={
+                    "Location": f"/jobs/{replay['job_id']}", "Idempotent-Replayed": "true"})
         if state.remote is not None:
             remote = state.remote
             try:

@@ -107,6 +107,11 @@ class JobStore(Protocol):
         shards) after counting this shard once."""
         ...
     def shard_rows(self, job_id: str, index: int) -> list[Any]: ...
+    def claim_key(self, key: str, value: str) -> str | None:
+        """Bind an idempotency key (already hashed) to ``value`` unless it is bound: None
+        when this call bound it, else the value bound before."""
+        ...
+    def release_key(self, key: str) -> None: ...
 
 
 class MemoryJobStore:
@@ -117,11 +122,23 @@ class MemoryJobStore:
         self._meta: dict[str, dict[str, Any]] = {}
         self._rows: dict[tuple[str, int], list[Any]] = {}
         self._done: dict[str, set[int]] = {}
+        self._keys: dict[str, str] = {}
 
     def create(self, job_id: str, meta: dict[str, Any]) -> None:
         with self._lock:
             self._meta[job_id] = dict(meta)
             self._done[job_id] = set()
+
+    def claim_key(self, key: str, value: str) -> str | None:
+        with self._lock:
+            if key in self._keys:
+                return self._keys[key]
+            self._keys[key] = value
+            return None
+
+    def release_key(self, key: str) -> None:
+        with self._lock:
+            self._keys.pop(key, None)
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         with self._lock:
@@ -192,6 +209,16 @@ class RedisJobStore:
     def shard_rows(self, job_id: str, index: int) -> list[Any]:
         raw = self.r.get(self._key(job_id, "shard", index))
         return json.loads(raw) if raw else []
+
+    def claim_key(self, key: str, value: str) -> str | None:
+        name = f"pythia:jobs:key:{key}"
+        if self.r.set(name, value, nx=True, ex=self.ttl):
+            return None
+        raw = self.r.get(name)
+        return raw.decode() if isinstance(raw, bytes) else raw
+
+    def release_key(self, key: str) -> None:
+        self.r.delete(f"pythia:jobs:key:{key}")
 
     # -- reconciliation: shards whose message the broker lost ----------------------------------
     ACTIVE = "pythia:jobs:active"

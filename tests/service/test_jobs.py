@@ -71,6 +71,33 @@ def test_local_job_equals_training_predict(serve: Callable[..., LiveServer],
     assert len(rows) == 40 and _by_key(rows) == _by_key(reference)
 
 
+def test_idempotency_key_makes_a_retry_return_the_same_job(
+        serve: Callable[..., LiveServer], shapes_root: Path) -> None:
+    server = serve(data_root=str(shapes_root))
+    body = {"task": "vqa", "dataset": "vqa2", "split": "val", "data_dir": "vqa2"}
+    with httpx.Client(timeout=60) as c:
+        first = c.post(f"{server.url}/jobs", json=body, headers={"Idempotency-Key": "run-7"})
+        assert first.status_code == 202 and "idempotent-replayed" not in first.headers
+        job_id = first.json()["job_id"]
+        again = c.post(f"{server.url}/jobs", json=body, headers={"Idempotency-Key": "run-7"})
+        assert again.status_code == 200 and again.json()["job_id"] == job_id
+        assert again.headers["idempotent-replayed"] == "true"
+        assert again.headers["location"] == f"/jobs/{job_id}"
+        other = c.post(f"{server.url}/jobs", json={**body, "batch_size": 3},
+                       headers={"Idempotency-Key": "run-7"})
+        assert other.status_code == 422
+        assert other.json()["error"]["code"] == "idempotency_key_reused"
+        fresh = c.post(f"{server.url}/jobs", json=body, headers={"Idempotency-Key": "run-8"})
+        assert fresh.status_code == 202 and fresh.json()["job_id"] != job_id
+        unkeyed = [c.post(f"{server.url}/jobs", json=body).json()["job_id"] for _ in range(2)]
+        assert len(set(unkeyed)) == 2  # no key: each POST is a new job
+        for bad in ("", "x" * 256, "caf\u00e9", "a b"):
+            r = c.post(f"{server.url}/jobs", json=body,
+                       headers={"Idempotency-Key": bad.encode("utf-8")})  # type: ignore[dict-item]
+            assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_header", bad
+        assert _wait(c, server.url, job_id)["status"] == "done"
+
+
 def test_job_request_checks(serve: Callable[..., LiveServer], shapes_root: Path,
                             tmp_path: Path) -> None:
     root = tmp_path / "root"
@@ -193,8 +220,10 @@ def test_celery_job_survives_a_redis_restart(serve: Callable[..., LiveServer],
                    data_root=str(big_vqa))
     try:
         with httpx.Client(timeout=60) as c:
-            r = _job(c, server.url, task="vqa", dataset="vqa2", split="val", data_dir="vqa2",
-                     shard_size=10, batch_size=10)
+            body = {"task": "vqa", "dataset": "vqa2", "split": "val", "data_dir": "vqa2",
+                    "shard_size": 10, "batch_size": 10}
+            key = {"Idempotency-Key": f"redis-{stop}"}
+            r = c.post(f"{server.url}/jobs", json=body, headers=key)
             assert r.status_code == 202, r.text
             job_id = r.json()["job_id"]
             deadline = time.monotonic() + 120
@@ -216,8 +245,12 @@ def test_celery_job_survives_a_redis_restart(serve: Callable[..., LiveServer],
             assert gone.status_code == 503 and gone.headers["retry-after"] == "1"
             assert gone.json()["error"]["code"] == "queue_unavailable"
             assert c.get(f"{server.url}/readyz").status_code == 503
+            retry = c.post(f"{server.url}/jobs", json=body, headers=key)
+            assert retry.status_code == 503 and retry.headers["retry-after"] == "1"
             time.sleep(3)  # the worker meets the outage mid-shard
             aof.start()
+            retry = c.post(f"{server.url}/jobs", json=body, headers=key)  # the client retries
+            assert retry.status_code == 200 and retry.json()["job_id"] == job_id, retry.text
             final = _wait(c, server.url, job_id, timeout=150)
             assert final["status"] == "done", final
             assert final["progress"] == {"done": 300, "total": 300}
