@@ -2,12 +2,14 @@
 scored against its target. Prints one JSON object on stdout (progress goes to stderr).
 
     .venv/bin/python bench/train.py [--only pythia,lorra,butd,visdial,ban,overhead,multitask]
-        [--data-dir /tmp/pythia-shapes] [--runs-dir DIR] [--out FILE] [--beam-size 3]
+        [--data-dir /tmp/pythia-shapes] [--train-images 20000] [--runs-dir DIR] [--out FILE]
+        [--beam-size 3]
         [--overhead-updates 100] [--overhead-repeats 2] [--threads N]
         [--set RUN:KEY=VALUE ...]
 
-The default ShapesWorld (``training.data.shapes.generate`` defaults: 2000/500/500 images,
-128 px) is generated into ``--data-dir`` unless it is already there. Every target trains
+ShapesWorld (``training.data.shapes.generate`` defaults - 500/500 val/test images, 128 px -
+but ``--train-images``, default 20000, training images per dataset) is generated into
+``--data-dir`` unless that world is already there. Every target trains
 ``training/configs/shapes/<config>.yaml`` as a subprocess::
 
     .venv/bin/python -m training.train --config training/configs/shapes/X.yaml \\
@@ -63,6 +65,9 @@ CONFIGS = ROOT / "training" / "configs" / "shapes"
 DATASETS = ("vqa2", "textvqa", "vizwiz", "coco", "visdial")
 VAL_SPLITS = {"vqa2": "val2014", "coco": "val2014", "textvqa": "val", "vizwiz": "val",
               "visdial": "val"}
+# Training images per dataset. The generator's default (2000 images, 10,000 VQA questions)
+# would be seen 10-20 times in a run's budget; with 20000 each question is seen about twice.
+TRAIN_IMAGES = 20000
 # The main metric of each dataset (as the trainer names it) and its multiplier to "points".
 MAIN_METRICS: dict[str, list[tuple[str, float]]] = {
     "vqa2": [("vqa2/accuracy", 1.0)],
@@ -416,17 +421,22 @@ TARGETS: dict[str, Callable[[Bench], dict[str, Any]]] = {
 }
 
 
-def ensure_data(data_dir: Path) -> dict[str, Any]:
-    """Generate the default ShapesWorld unless every dataset is already there."""
+def ensure_data(data_dir: Path, train_images: int) -> dict[str, Any]:
+    """Generate ShapesWorld (the generator's defaults but ``train_images`` training images
+    per dataset) unless that very world is already there."""
     marker = data_dir / ".bench-generated"
+    want = {"train_images": train_images}
     if marker.is_file() and all((data_dir / d).is_dir() for d in DATASETS):
-        return {"data_dir": str(data_dir), "generated": False}
+        have = json.loads(marker.read_text())
+        if have.get("train_images") == train_images:
+            return {"data_dir": str(data_dir), "generated": False, **have}
     from training.data.shapes import generate
 
-    log(f"generating ShapesWorld into {data_dir}")
-    summary = generate(data_dir)
-    marker.write_text(json.dumps({k: summary[k] for k in ("seed", "image_size", "images")}))
-    return {"data_dir": str(data_dir), "generated": True, "seconds": summary["seconds"]}
+    log(f"generating ShapesWorld ({train_images} training images per dataset) into {data_dir}")
+    summary = generate(data_dir, train_images=train_images)
+    info = {**want, **{k: summary[k] for k in ("seed", "image_size", "images")}}
+    marker.write_text(json.dumps(info))
+    return {"data_dir": str(data_dir), "generated": True, "seconds": summary["seconds"], **info}
 
 
 def main() -> None:
@@ -435,6 +445,9 @@ def main() -> None:
                    help="comma-separated targets (default: all): " + ",".join(TARGETS))
     p.add_argument("--data-dir", type=Path, default=Path("/tmp/pythia-shapes"),
                    help="ShapesWorld root (generated there unless already present)")
+    p.add_argument("--train-images", type=int, default=TRAIN_IMAGES,
+                   help=f"training images per dataset (default {TRAIN_IMAGES}; the "
+                   "generator's own default is 2000)")
     p.add_argument("--runs-dir", type=Path, default=None,
                    help="run directories (default: DATA_DIR/../pythia-bench-runs)")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
@@ -458,7 +471,7 @@ def main() -> None:
     out: dict[str, Any] = {"cpus": os.cpu_count(),
                            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                            "set": args.set or [],
-                           "data": ensure_data(args.data_dir.resolve()),
+                           "data": ensure_data(args.data_dir.resolve(), args.train_images),
                            "targets": {}}
     bench = Bench(args)
     t0 = time.perf_counter()

@@ -24,7 +24,23 @@ def test_trunk_shapes_at_64_px(name):
 def test_channels_table():
     assert RESNET_CHANNELS == {"resnet18": 512, "resnet34": 512, "resnet50": 2048,
                                "resnet101": 2048, "resnet152": 2048, "resnet18_l3": 256,
-                               "resnet34_l3": 256, "resnet50_l3": 1024}
+                               "resnet34_l3": 256, "resnet50_l3": 1024, "shapes_cnn": 128}
+
+
+def test_small_trunk_is_stride_8_and_loads_its_own_weights(tmp_path):
+    trunk = resnet_trunk("shapes_cnn")
+    assert not trunk.training
+    with torch.no_grad():
+        assert trunk(torch.randn(2, 3, 64, 64)).shape == (2, 128, 8, 8)
+        assert trunk(torch.randn(1, 3, 128, 96)).shape == (1, 128, 16, 12)
+    torch.manual_seed(3)
+    other = resnet_trunk("shapes_cnn")
+    save_file(other.state_dict(), str(tmp_path / "cnn.safetensors"))
+    loaded = resnet_trunk("shapes_cnn", weights_path=tmp_path / "cnn.safetensors")
+    torch.testing.assert_close(loaded.conv4[0].weight, other.conv4[0].weight)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
+    with pytest.raises(ValueError, match=r"r18\.pth"):
+        resnet_trunk("shapes_cnn", weights_path=tmp_path / "r18.pth")
 
 
 def test_stride_16_trunk_loads_a_full_state_dict(tmp_path):
