@@ -175,11 +175,15 @@ class RedisJobStore:
     def _key(job_id: str, *parts: Any) -> str:
         return ":".join(["pythia:job", job_id, *map(str, parts)])
 
-    def create(self, job_id: str, meta: dict[str, Any]) -> None:
+    def create(self, job_id: str, meta: dict[str, Any], *, active: bool = False) -> None:
+        """Store a job's meta; ``active`` also lists it for reconciliation, in the same
+        transaction (a job stored but not listed would never be reconciled)."""
         key = self._key(job_id)
         pipe = self.r.pipeline()
         pipe.hset(key, mapping={k: json.dumps(v) for k, v in meta.items()})
         pipe.expire(key, self.ttl)
+        if active:
+            pipe.sadd(self.ACTIVE, job_id)
         pipe.execute()
 
     def get(self, job_id: str) -> dict[str, Any] | None:

@@ -67,8 +67,7 @@ class CeleryClient:
     def submit_job(self, meta: dict[str, Any]) -> None:
         """Store a planned job and queue one ``pythia.job_shard`` task per shard (blocking:
         call it from a thread)."""
-        self.jobs.create(meta["job_id"], {**meta, "progress_at": time.time()})
-        self.jobs.r.sadd(self.jobs.ACTIVE, meta["job_id"])
+        self.jobs.create(meta["job_id"], {**meta, "progress_at": time.time()}, active=True)
         for i in range(int(meta["shards"])):
             self.celery.send_task("pythia.job_shard", args=[meta["job_id"], i],
                                   queue=JOB_QUEUE)
