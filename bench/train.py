@@ -4,7 +4,7 @@ scored against its target. Prints one JSON object on stdout (progress goes to st
     .venv/bin/python bench/train.py [--only pythia,lorra,butd,visdial,ban,overhead,multitask]
         [--data-dir /tmp/pythia-shapes] [--train-images 20000] [--runs-dir DIR] [--out FILE]
         [--beam-size 3]
-        [--overhead-updates 100] [--overhead-repeats 2] [--threads N]
+        [--overhead-updates 300] [--overhead-repeats 2] [--threads N]
         [--set RUN:KEY=VALUE ...]
 
 ShapesWorld (``training.data.shapes.generate`` defaults - 500/500 val/test images, 128 px -
@@ -452,7 +452,7 @@ def main() -> None:
                    help="run directories (default: DATA_DIR/../pythia-bench-runs)")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     p.add_argument("--beam-size", type=int, default=3, help="butd/multitask caption beam")
-    p.add_argument("--overhead-updates", type=int, default=100)
+    p.add_argument("--overhead-updates", type=int, default=300)
     p.add_argument("--overhead-repeats", type=int, default=2)
     p.add_argument("--set", action="append", metavar="RUN:KEY=VALUE",
                    help="a training override for one run (repeatable)")
