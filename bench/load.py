@@ -106,8 +106,8 @@ from bench.serve import (  # noqa: E402
     Server,
     _parse_modes,
     celery_stack,
-    demo_release,
     find_sample,
+    model_release,
     multipart_body,
     pythia_server,
 )
@@ -595,12 +595,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     status = 0
     with tempfile.TemporaryDirectory(prefix="bench_load_") as tmp:
         scratch = Path(tmp)
-        data_dir = args.data_dir
-        if args.model is None:
-            release, data_dir = demo_release(args)
-        else:
-            release = args.model
-        release = release.resolve()
+        release, data_dir = model_release(args)
         result["config"]["model"] = str(release)
         sample = find_sample(data_dir, scratch)
         body, ctype = multipart_body(sample)

@@ -193,6 +193,13 @@ def demo_release(args: argparse.Namespace) -> tuple[Path, Path]:
     return release, data_dir
 
 
+def model_release(args: argparse.Namespace) -> tuple[Path, Path]:
+    """(release, data): ``--model`` with ``--data-dir``, or the demo model and its data
+    (``demo_release``); the release path resolved."""
+    release, data_dir = demo_release(args) if args.model is None else (args.model, args.data_dir)
+    return release.resolve(), data_dir
+
+
 def find_sample(data_dir: Path, scratch: Path) -> Sample:
     """A ShapesWorld VQA v2 val JPEG and its first question (tiny data generated if needed)."""
     questions = data_dir / "vqa2" / "v2_OpenEnded_mscoco_val2014_questions.json"
@@ -1204,12 +1211,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     status = 0
     with tempfile.TemporaryDirectory(prefix="bench_serve_") as tmp:
         scratch = Path(tmp)
-        data_dir = args.data_dir
-        if args.model is None:
-            release, data_dir = demo_release(args)
-        else:
-            release = args.model
-        release = release.resolve()
+        release, data_dir = model_release(args)
         sample = find_sample(data_dir, scratch)
         sample.body, sample.content_type = multipart_body(sample)
         body_file = scratch / "body.bin"

@@ -20,15 +20,16 @@ import redis
 import redis.asyncio as aredis
 from kombu.exceptions import OperationalError
 
-from service.jobs import RedisJobStore
+from service.jobs import STORE_ERRORS, RedisJobStore
 from service.queue import JOB_QUEUE, TASK_QUEUES, cancel_key, make_celery, result_key
 from service.runners import Job
 from service.settings import Settings
 
 __all__ = ["REDIS_ERRORS", "CeleryClient", "QueueFull", "QueueUnavailable", "RemoteError"]
 
-REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-                OperationalError, ConnectionError, OSError)
+# Redis unreachable, as the API meets it: the job store's errors, kombu's, and the socket's.
+REDIS_ERRORS: tuple[type[Exception], ...] = (*STORE_ERRORS, OperationalError, ConnectionError,
+                                             OSError)
 
 
 class QueueUnavailable(RuntimeError):
@@ -110,7 +111,7 @@ class CeleryClient:
             return True
         try:
             await asyncio.wait_for(self.redis.ping(), timeout=1.0)
-        except (TimeoutError, *REDIS_ERRORS) as exc:
+        except REDIS_ERRORS as exc:  # asyncio.TimeoutError is an OSError
             self.last_error = f"Redis at {self._where()} is unreachable ({exc})"
             return False
         self._healthy_until = now + 0.5
@@ -124,7 +125,7 @@ class CeleryClient:
         """Refuse before any work when Redis is down or the task queue is full."""
         try:
             depth = await asyncio.wait_for(self.redis.llen(TASK_QUEUES[task]), timeout=2.0)
-        except (TimeoutError, *REDIS_ERRORS) as exc:
+        except REDIS_ERRORS as exc:  # asyncio.TimeoutError is an OSError
             self._healthy_until = 0.0
             raise QueueUnavailable(f"the queue (Redis at {self._where()}) is unreachable: "
                                    f"{exc}") from None

@@ -114,3 +114,10 @@ def serve(demo_model: LoadedModel) -> Iterator[Callable[..., LiveServer]]:
 def client() -> Iterator[httpx.Client]:
     with httpx.Client(timeout=30) as c:
         yield c
+
+
+@pytest.fixture(scope="module")
+def http() -> Iterator[httpx.Client]:
+    """One client for a module's tests (``client`` is a fresh one per test)."""
+    with httpx.Client(timeout=30) as c:
+        yield c

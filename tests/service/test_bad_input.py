@@ -45,12 +45,6 @@ def server(demo_model: Any) -> Iterator[LiveServer]:
     live.stop()
 
 
-@pytest.fixture(scope="module")
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=30) as c:
-        yield c
-
-
 def post(http: httpx.Client, server: LiveServer, image: bytes | None,
          route: str = "vqa", **fields: Any) -> httpx.Response:
     data = {k: json.dumps(v) if isinstance(v, (list, dict)) else str(v)

@@ -459,12 +459,6 @@ def server(demo_model: Any) -> Iterator[LiveServer]:
     live.stop()
 
 
-@pytest.fixture(scope="module")
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=30) as c:
-        yield c
-
-
 def _good(http: httpx.Client, server: LiveServer, image_bytes: bytes) -> None:
     r = http.post(f"{server.url}/vqa", files={"image": ("a.jpg", image_bytes)}, data=Q)
     assert r.status_code == 200, r.text
