@@ -281,12 +281,31 @@ def target_butd(b: Bench) -> dict[str, Any]:
     return out
 
 
+def form_blind_mrr(visdial_dir: Path) -> float:
+    """The best expected MRR on val of a model that knows every answer's meaning but not its
+    wording: the k options that mean the ground truth (unhedged) can only be ranked 1..k in
+    some order, worth (1 + 1/2 + ... + 1/k) / k. What the answerer's style (read from the
+    history) must add to go beyond it."""
+    from training.data.shapes import ANSWER_POOL
+
+    data = json.loads((visdial_dir / "visdial_1.0_val.json").read_text())["data"]
+    answers, total, n = data["answers"], 0.0, 0
+    for dialog in data["dialogs"]:
+        for r in dialog["dialog"]:
+            kind, value, _ = ANSWER_POOL[answers[r["answer"]]]
+            k = sum(ANSWER_POOL[answers[o]] == (kind, value, False) for o in r["answer_options"])
+            total += sum(1.0 / i for i in range(1, k + 1)) / k
+            n += 1
+    return total / n
+
+
 def target_visdial(b: Bench) -> dict[str, Any]:
     run = b.train("visdial", CONFIGS / "visdial.yaml")
     m = _final_eval(run)
     mrr, ndcg = m.get("visdial/mrr"), m.get("visdial/ndcg")
     return {"metric": "visdial/mrr, visdial/ndcg", "value": {"mrr": mrr, "ndcg": ndcg,
             **{k.removeprefix("visdial/"): v for k, v in m.items()}},
+            "form_blind_mrr": round(form_blind_mrr(b.data_dir / "visdial"), 4),
             "target": "mrr >= 0.6 and ndcg >= 0.5",
             "met": _check(mrr, ">=", 0.6) and _check(ndcg, ">=", 0.5),
             **_public(run, ["visdial/mrr", "visdial/ndcg", "visdial/r@1"])}

@@ -179,11 +179,27 @@ class VisDial(BaseModel, VisualMixin):
         rows = self._option_rows(batch, B, R, o_ids.device)  # (n,)
         o_len = _lengths(batch, "options_ids", "options_length").reshape(B * R, O)[rows]
         flat = o_ids.reshape(B * R, O, La)[rows].reshape(-1, La)  # (n*O, La)
-        _, options = self.option_rnn(self.embedding(flat), o_len.reshape(-1))  # (n*O, H)
+        options = self._encode_options(flat, o_len.reshape(-1))  # (n*O, H)
         ctx = context.reshape(B * R, -1)[rows]  # (n, H)
         s = torch.einsum("nh,noh->no", ctx, options.view(rows.numel(), O, -1).to(ctx.dtype))
         scores = s.new_zeros(B * R, O).index_copy(0, rows, s)
         return scores.view(B, R, O)  # (B, R, O)
+
+    def _encode_options(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """ids (M, La), lengths (M,) -> (M, H) through the option LSTM, each distinct row once.
+
+        Options repeat heavily within a batch (every round draws its 100 from one answer
+        pool, and ShapesWorld's pool has 205 answers), so encoding the U distinct rows and
+        gathering them back costs U LSTM sequences instead of M; values and gradients are
+        those of encoding every copy (the gather sums the copies' gradients)."""
+        assert self.option_rnn is not None
+        uniq, inverse = torch.unique(ids, dim=0, return_inverse=True)  # (U, La), (M,)
+        if uniq.size(0) == ids.size(0):
+            _, out = self.option_rnn(self.embedding(ids), lengths)
+            return out
+        u_len = lengths.new_zeros(uniq.size(0)).scatter_(0, inverse.to(lengths.device), lengths)
+        _, out = self.option_rnn(self.embedding(uniq), u_len)  # (U, H)
+        return out[inverse]
 
     @staticmethod
     def _option_rows(batch: Mapping[str, Any], B: int, R: int, device: torch.device

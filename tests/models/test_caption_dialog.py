@@ -164,6 +164,41 @@ def test_visdial_single_decoders(decoder):
             model.generate_answers(batch)
 
 
+def test_visdial_encodes_each_distinct_option_once_with_the_same_scores_and_gradients():
+    model = build("visdial", decoder="disc").train()
+    batch = dialog_batch(O=6)
+    # Every round offers the same six options in another order, as a shared answer pool does.
+    pool, pool_len = batch["options_ids"][0, 0].clone(), batch["options_length"][0, 0].clone()
+    g = torch.Generator().manual_seed(1)
+    for b in range(2):
+        for r in range(3):
+            perm = torch.randperm(6, generator=g)
+            batch["options_ids"][b, r], batch["options_length"][b, r] = pool[perm], pool_len[perm]
+    batch["gt_index"] = batch["gt_index"].clamp_max(5)
+    calls: list[int] = []
+    hook = model.option_rnn.register_forward_hook(lambda m, args, out: calls.append(len(args[0])))
+    out = model(batch)
+    hook.remove()
+    assert calls == [6]  # 5 rounds with options x 6 options, encoded as 6 sequences
+    out["loss"].backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    # Reference: every copy through the LSTM, by hand.
+    model.zero_grad()
+    context, _, _ = model.encode(batch)
+    rows = model._option_rows(batch, 2, 3, torch.device("cpu"))
+    flat = batch["options_ids"].reshape(6, 6, -1)[rows].reshape(-1, 5)
+    _, enc = model.option_rnn(model.embedding(flat), batch["options_length"].reshape(6, 6)[rows]
+                              .reshape(-1))
+    ref = torch.einsum("nh,noh->no", context.reshape(6, -1)[rows], enc.view(len(rows), 6, -1))
+    torch.testing.assert_close(out["scores"].reshape(6, 6)[rows], ref)
+    gt = batch["gt_index"].reshape(-1)[rows]
+    known = gt >= 0
+    torch.nn.functional.cross_entropy(ref[known], gt[known]).backward()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, model.get_parameter(name).grad, msg=name)
+
+
 def test_visdial_rejects_an_unknown_decoder():
     with pytest.raises(ValueError, match="decoder must be one of"):
         build("visdial", decoder="both!")

@@ -35,6 +35,7 @@ visdial    ``visdial_1.0_{train,val,test}.json``, ``visdial_1.0_val_dense_annota
            ``VisualDialog_val2018/VisualDialog_val2018_%012d.jpg``,
            ``VisualDialog_test2018/VisualDialog_test2018_%012d.jpg``. A caption and 10 rounds;
            100 answer options per round; test dialogs have 1-10 rounds, options on the last.
+           Each dialog's answerer keeps one style of wording (``ANSWER_STYLES``).
 =========  =======================================================================================
 
 Determinism contract: every random choice comes from a generator seeded by ``(seed, dataset,
@@ -1054,27 +1055,55 @@ def write_coco(root: Path, cfg: Config, submit: Submit) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 Meaning = tuple[str, str, bool]  # (kind, value, hedged)
-_YES_FORMS = {"is there": ("yes", "yes there is", "yep"), "is the": ("yes", "yes it is",
-              "yes, it is"), "are the": ("yes", "yes they are"), "are there": (
-              "yes", "yes there are", "yeah")}
-_NO_FORMS = {"is there": ("no", "no there isn't", "nope"), "is the": ("no", "no, it is not",
-             "no it isn't"), "are the": ("no", "no they are not", "no, they aren't"),
-             "are there": ("no", "no there are not", "nope")}
+# Every unhedged answer has several surface forms, all of them among a round's 100 options
+# (NDCG rewards ranking them all high). Which one is the ground truth is the answerer's style:
+# one per dialog, as a person answers in their own words, so from round 2 on the history shows
+# it. Each forms tuple below holds distinct strings ordered by style (terse, formal, casual,
+# descriptive), so one earlier answer tells the style (a count of 1 has a fifth form that no
+# style uses, a distractor of the same meaning). Were the form drawn anew for every answer, no
+# model could tell which of the equivalent options is the ground truth: the best expected MRR
+# would be about 0.45.
+ANSWER_STYLES: tuple[str, ...] = ("terse", "formal", "casual", "descriptive")
+_YES_FORMS = {
+    "is there": ("yes", "yes there is", "yep", "yes, there is one"),
+    "is the": ("yes", "yes it is", "yeah it is", "yes, it is"),
+    "are the": ("yes", "yes they are", "yeah they are", "yes, they are"),
+    "are there": ("yes", "yes there are", "yeah", "yes, there are some"),
+}
+_NO_FORMS = {
+    "is there": ("no", "no there isn't", "nope", "no, there is none"),
+    "is the": ("no", "no, it is not", "no it isn't", "no, it's not"),
+    "are the": ("no", "no they are not", "no, they aren't", "nope, they are not"),
+    "are there": ("no", "no there are not", "nope", "no, there are none"),
+}
 _POSITION_FORMS = {
     "left": ("on the left", "it is on the left", "left side", "to the left"),
     "right": ("on the right", "it is on the right", "right side", "to the right"),
-    "top": ("at the top", "it is near the top", "top of the image"),
-    "bottom": ("at the bottom", "it is near the bottom", "bottom of the image"),
-    "middle": ("in the middle", "it is in the center", "center"),
+    "top": ("at the top", "it is near the top", "up top", "top of the image"),
+    "bottom": ("at the bottom", "it is near the bottom", "down at the bottom",
+               "bottom of the image"),
+    "middle": ("in the middle", "it is in the center", "center", "in the center of the image"),
 }
 
 
 def _number_forms(n: int) -> tuple[str, ...]:
     if n == 0:
-        return ("0", "none", "there are none", "zero")
+        return ("0", "there are none", "none", "zero")
     if n == 1:
-        return ("1", "one", "there is 1", "just 1", "only one")
-    return (str(n), number_word(n), f"there are {n}", f"i see {n}")
+        return ("1", "there is 1", "just 1", "one", "only one")
+    return (str(n), f"there are {n}", f"i see {n}", number_word(n))
+
+
+def _color_forms(c: str) -> tuple[str, ...]:
+    return (c, f"it is {c}", f"it's {c}", f"{c} color")
+
+
+def _shape_forms(s: str) -> tuple[str, ...]:
+    return (s, f"it is a {s}", f"it's a {s}", f"a {s}")
+
+
+_SIZE_FORMS = {"small": ("small", "it is small", "it's small", "pretty small"),
+               "large": ("large", "it is large", "it's big", "big")}
 
 
 def _build_answer_pool() -> dict[str, Meaning]:
@@ -1097,13 +1126,13 @@ def _build_answer_pool() -> dict[str, Meaning]:
         if n:
             add((f"about {n}", f"maybe {n}"), "number", str(n), True)
     for c in COLOR_NAMES:
-        add((c, f"it is {c}", f"it's {c}", f"{c} color"), "color", c)
+        add(_color_forms(c), "color", c)
         add((f"i think it's {c}", f"maybe {c}"), "color", c, True)
     for s in SHAPES:
-        add((s, f"a {s}", f"it is a {s}", f"it's a {s}"), "shape", s)
+        add(_shape_forms(s), "shape", s)
         add((f"looks like a {s}", f"i think it's a {s}"), "shape", s, True)
-    add(("small", "it is small", "it's small", "pretty small"), "size", "small")
-    add(("large", "it is large", "big", "it's big"), "size", "large")
+    for z, forms in _SIZE_FORMS.items():
+        add(forms, "size", z)
     for pos, forms in _POSITION_FORMS.items():
         add(forms, "position", pos)
     return pool
@@ -1117,17 +1146,29 @@ for _answer in ANSWER_LIST:
     _POOL_BY_KIND[ANSWER_POOL[_answer][0]].append(_answer)
 
 
-def dialog_answer(rng: Random, cand: Cand) -> str:
-    """A conversational, unhedged answer string for a candidate (e.g. 'no, it is not')."""
+def styled_form(forms: Sequence[str], style: int) -> str:
+    """The form of ``forms`` (ordered as :data:`ANSWER_STYLES`) that answerer ``style`` uses."""
+    return forms[style]
+
+
+def answer_forms(cand: Cand) -> tuple[str, ...]:
+    """The unhedged surface forms of a candidate's answer, in :data:`ANSWER_STYLES` order."""
     if cand.kind == "yesno":
         prefix = "is there" if cand.qtype.startswith("is there") else cand.qtype
-        return rng.choice((_YES_FORMS if cand.answer == "yes" else _NO_FORMS)[prefix])
+        return (_YES_FORMS if cand.answer == "yes" else _NO_FORMS)[prefix]
     if cand.kind == "number":
-        return rng.choice(_number_forms(int(cand.answer)))
-    if cand.kind == "position":
-        return rng.choice(_POSITION_FORMS[cand.answer])
-    return rng.choice([a for a in _POOL_BY_KIND[cand.kind]
-                       if ANSWER_POOL[a][1] == cand.answer and not ANSWER_POOL[a][2]])
+        return _number_forms(int(cand.answer))
+    if cand.kind == "color":
+        return _color_forms(cand.answer)
+    if cand.kind == "shape":
+        return _shape_forms(cand.answer)
+    return (_POSITION_FORMS if cand.kind == "position" else _SIZE_FORMS)[cand.answer]
+
+
+def dialog_answer(cand: Cand, style: int) -> str:
+    """The conversational, unhedged answer of answerer ``style`` (an index into
+    :data:`ANSWER_STYLES`) to a candidate, e.g. 'no, it is not'."""
+    return styled_form(answer_forms(cand), style)
 
 
 _KIND_IDS: dict[str, np.ndarray] = {
@@ -1184,6 +1225,7 @@ def write_visdial(root: Path, cfg: Config, submit: Submit) -> dict[str, Any]:
             scene = sample_scene(rng, cfg.image_size)
             jobs.append(RenderJob(str(img_dir / f"{prefix}_{image_id:012d}.jpg"), scene))
             caption = rng.choice(caption_candidates(scene, rng))
+            style = rng.randrange(len(ANSWER_STYLES))  # the answerer's, for the whole dialog
             cands = ask_questions(scene, rng, balancer, VISDIAL_ROUNDS, VISDIAL_FAMILIES,
                                   reuse_families=True)
             n_rounds = rng.randint(1, len(cands)) if split == "test" else len(cands)
@@ -1193,7 +1235,7 @@ def write_visdial(root: Path, cfg: Config, submit: Submit) -> dict[str, Any]:
             for r, cand in enumerate(cands[:n_rounds]):
                 q = cand.question.rstrip("?")
                 q_idx = questions.setdefault(q, len(questions))
-                gt = dialog_answer(rng, cand)
+                gt = dialog_answer(cand, style)
                 last = r == n_rounds - 1
                 if split == "test" and not last:
                     rounds.append({"question": q_idx, "answer": ANSWER_INDEX[gt]})

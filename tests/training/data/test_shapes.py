@@ -261,6 +261,34 @@ def test_visdial_layout_options_and_dense(world):
     assert values[0.5] > 0 and values[1.0] > len(dense)  # paraphrases of the answer count too
 
 
+def _style_of_forms() -> dict[str, int]:
+    tuples = [*shapes._YES_FORMS.values(), *shapes._NO_FORMS.values(),
+              *shapes._POSITION_FORMS.values(), *shapes._SIZE_FORMS.values(),
+              *(shapes._number_forms(n) for n in range(9)),
+              *(shapes._color_forms(c) for c in shapes.COLOR_NAMES),
+              *(shapes._shape_forms(s) for s in shapes.SHAPES)]
+    style: dict[str, int] = {}
+    for forms in tuples:
+        assert len(set(forms)) == len(forms) >= len(shapes.ANSWER_STYLES), forms
+        for i, form in enumerate(forms[:len(shapes.ANSWER_STYLES)]):
+            assert style.setdefault(form, i) == i, f"{form!r} names two styles"
+    return style
+
+
+def test_visdial_answerer_keeps_one_style_per_dialog(world):
+    """The ground-truth wording is the dialog's answerer's style (so the history reveals which
+    of the equivalent options is right); every style occurs."""
+    style_of = _style_of_forms()
+    seen = Counter()
+    for split in ("train", "val"):
+        data = load(world[0] / "visdial" / f"visdial_1.0_{split}.json")["data"]
+        for d in data["dialogs"]:
+            styles = {style_of[data["answers"][r["answer"]]] for r in d["dialog"]}
+            assert len(styles) == 1, (split, d["image_id"], styles)
+            seen.update(styles)
+    assert set(seen) == set(range(len(shapes.ANSWER_STYLES)))
+
+
 def test_visdial_relevance_rules():
     assert shapes.relevance("yes it is", "yes") == 1.0
     assert shapes.relevance("i think so", "yes") == 0.5
