@@ -19,9 +19,15 @@ log-likelihoods, computed without gradients), zeros on rounds without options
 (``options_mask``/``round_mask`` false), and with targets ``loss`` = ``disc_loss`` + ``gen_loss``:
 ``disc_loss`` the cross-entropy of the scores against ``gt_index`` over rounds with options and
 ``gt_index >= 0``; ``gen_loss`` the token cross-entropy of the answers (rounds with
-``answer_length > 0``). ``generate_answers(batch, max_length=20)`` -> per dialog, per round,
-greedy answer ids (empty for rounds past ``round_mask``). ``option_loglik(batch)`` -> (B, R, O)
-summed log-probabilities of each option under the generative decoder.
+``answer_length > 0``). With ``dense_loss_weight`` > 0 and a batch carrying dense relevance
+(``gt_relevance`` (B, O), ``relevance_round`` (B,), -1 where none: VisDial's train dense
+sample), ``loss`` adds ``dense_loss_weight * dense_loss``: the cross-entropy of the scores of the
+annotated round against the relevance normalised to a distribution (ListNet's top-one loss),
+averaged over the dialogs that have one. The sparse loss alone treats every other wording of
+the right answer as a negative, which is what NDCG punishes.
+``generate_answers(batch, max_length=20)`` -> per dialog, per round, greedy answer ids
+(empty for rounds past ``round_mask``). ``option_loglik(batch)`` -> (B, R, O) summed
+log-probabilities of each option under the generative decoder.
 
 Memory: options are encoded as one flattened batch of (rounds with options) * O sequences of
 La tokens. VisDial training (B = 32, R = 10, O = 100, La = 20) is 32,000 LSTM sequences, i.e.
@@ -88,6 +94,22 @@ def _lengths(batch: Mapping[str, Any], ids_key: str, length_key: str) -> torch.T
     return torch.as_tensor(length) if length is not None else (batch[ids_key] != PAD_ID).sum(-1)
 
 
+def _dense_loss(scores: torch.Tensor, relevance: torch.Tensor, rounds: Any) -> torch.Tensor:
+    """scores (B, R, O), relevance (B, O), rounds (B,) 0-based (-1: none) -> scalar: the mean
+    over annotated dialogs of -sum_o p_o log softmax(scores of that round)_o, p = relevance /
+    its sum (a round whose relevance is all zero counts as not annotated)."""
+    rounds = torch.as_tensor(rounds, device=scores.device).long()
+    relevance = relevance.to(scores.device).float()
+    total = relevance.sum(-1)  # (B,)
+    has = (rounds >= 0) & (total > 0)
+    if not bool(has.any()):
+        return scores.sum() * 0.0
+    idx = has.nonzero().squeeze(1)
+    s = scores[idx, rounds[idx]].float()  # (n, O)
+    p = relevance[idx] / total[idx, None]
+    return -(p * torch.log_softmax(s, dim=-1)).sum(-1).mean()
+
+
 @MODELS.register("visdial")
 class VisDial(BaseModel, VisualMixin):
     family = "visdial"
@@ -97,6 +119,7 @@ class VisDial(BaseModel, VisualMixin):
         "backbone": "resnet152",  # raw-image mode (the trainer's default) needs one
         "glove_path": None,
         "backbone_weights": None,
+        "dense_loss_weight": 0.0,
     }
 
     def __init__(
@@ -113,12 +136,14 @@ class VisDial(BaseModel, VisualMixin):
         decoder: str = "both",
         dropout: float = 0.2,
         option_chunk: int = 4096,
+        dense_loss_weight: float = 0.0,
     ) -> None:
         super().__init__({k: v for k, v in locals().items() if k not in ("self", "__class__")})
         if decoder not in DECODERS:
             raise ValueError(f"VisDial: decoder must be one of {DECODERS}, got {decoder!r}")
         self.decoder_kind = decoder
         self.option_chunk = option_chunk
+        self.dense_loss_weight = float(dense_loss_weight)
         self.embedding = WordEmbedding(vocab_size=vocab_size, embedding_dim=embedding_dim)
         self.question_rnn = SequenceEncoder(input_dim=embedding_dim, hidden_dim=hidden_dim)
         self.history_rnn = SequenceEncoder(input_dim=embedding_dim, hidden_dim=hidden_dim)
@@ -284,6 +309,10 @@ class VisDial(BaseModel, VisualMixin):
             else:
                 out["disc_loss"] = scores.sum() * 0.0
             losses.append(out["disc_loss"])
+            if self.dense_loss_weight > 0 and batch.get("gt_relevance") is not None:
+                out["dense_loss"] = _dense_loss(scores, batch["gt_relevance"],
+                                                batch["relevance_round"])
+                losses.append(self.dense_loss_weight * out["dense_loss"])
         if self.generator is not None and batch.get("answer_ids") is not None:
             out["gen_loss"] = self._gen_loss(batch, context, v, v_mask)
             losses.append(out["gen_loss"])

@@ -199,6 +199,24 @@ def test_visdial_encodes_each_distinct_option_once_with_the_same_scores_and_grad
         torch.testing.assert_close(grad, model.get_parameter(name).grad, msg=name)
 
 
+def test_visdial_dense_loss_is_listnet_on_the_annotated_round():
+    batch = dialog_batch(O=4)
+    batch["gt_relevance"] = torch.tensor([[0.0, 1.0, 0.5, 1.0], [0.0, 0.0, 0.0, 0.0]])
+    batch["relevance_round"] = torch.tensor([2, -1])  # only dialog 0 is annotated
+    plain = build("visdial", decoder="disc").train()
+    assert "dense_loss" not in plain(batch)  # off by default (dense_loss_weight=0)
+    model = build("visdial", decoder="disc", dense_loss_weight=0.5).train()
+    out = model(batch)
+    p = torch.tensor([0.0, 1.0, 0.5, 1.0]) / 2.5
+    expected = -(p * torch.log_softmax(out["scores"][0, 2], -1)).sum()
+    torch.testing.assert_close(out["dense_loss"], expected)
+    torch.testing.assert_close(out["loss"], out["disc_loss"] + 0.5 * expected)
+    out["loss"].backward()
+    batch["relevance_round"] = torch.tensor([-1, -1])  # none annotated: a zero, with a graph
+    out = model(batch)
+    assert out["dense_loss"].item() == 0.0 and out["dense_loss"].requires_grad
+
+
 def test_visdial_rejects_an_unknown_decoder():
     with pytest.raises(ValueError, match="decoder must be one of"):
         build("visdial", decoder="both!")

@@ -31,6 +31,7 @@ coco       ``annotations/captions_{train2014,val2014}.json`` and
            ``{train2014,val2014}/COCO_<split>_%012d.jpg``; 5 distinct captions per image.
            COCO captions have no test split: the test image count is NOT used for coco.
 visdial    ``visdial_1.0_{train,val,test}.json``, ``visdial_1.0_val_dense_annotations.json``,
+           ``visdial_1.0_train_dense_sample.json`` (one in ten training dialogs),
            images ``train2014/COCO_train2014_%012d.jpg``,
            ``VisualDialog_val2018/VisualDialog_val2018_%012d.jpg``,
            ``VisualDialog_test2018/VisualDialog_test2018_%012d.jpg``. A caption and 10 rounds;
@@ -122,6 +123,9 @@ VQA_QUESTIONS_PER_IMAGE = 5
 TEXTVQA_QUESTIONS_PER_IMAGE = 2
 VISDIAL_ROUNDS = 10
 VISDIAL_OPTIONS = 100
+# VisDial v1.0 also ships dense relevance for one round of a sample of training dialogs
+# (``visdial_1.0_train_dense_sample.json``, 2,000 dialogs, key ``relevance``): one in ten here.
+TRAIN_DENSE_EVERY = 10
 VIZWIZ_UNANSWERABLE_SHARE = 0.25
 HELDOUT_SHARE = 0.8  # share of val/test sign words drawn from HELDOUT_WORDS (contract: >= 0.7)
 OCR_DROP, OCR_CHAR_ERROR = 0.10, 0.10
@@ -1211,6 +1215,7 @@ def write_visdial(root: Path, cfg: Config, submit: Submit) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     image_id = 0  # unique over splits
     dense: list[dict[str, Any]] = []
+    train_dense: list[dict[str, Any]] = []  # every TRAIN_DENSE_EVERY-th training dialog
     for split in SPLITS:
         folder, prefix = VISDIAL_IMAGE_DIRS[split]
         img_dir = root / folder
@@ -1229,7 +1234,7 @@ def write_visdial(root: Path, cfg: Config, submit: Submit) -> dict[str, Any]:
             cands = ask_questions(scene, rng, balancer, VISDIAL_ROUNDS, VISDIAL_FAMILIES,
                                   reuse_families=True)
             n_rounds = rng.randint(1, len(cands)) if split == "test" else len(cands)
-            dense_round = rng.randrange(n_rounds)  # val: the densely annotated round
+            dense_round = rng.randrange(n_rounds)  # val (and train samples): the dense round
             gen = np.random.default_rng(derive_seed(cfg.seed, "visdial", split, i, "options"))
             rounds: list[dict[str, Any]] = []
             for r, cand in enumerate(cands[:n_rounds]):
@@ -1250,6 +1255,9 @@ def write_visdial(root: Path, cfg: Config, submit: Submit) -> dict[str, Any]:
                 if split == "val" and r == dense_round:
                     dense.append({"image_id": image_id, "round_id": r + 1, "gt_relevance": [
                         relevance(ANSWER_LIST[o], gt) for o in options]})
+                if split == "train" and r == dense_round and i % TRAIN_DENSE_EVERY == 0:
+                    train_dense.append({"image_id": image_id, "round_id": r + 1, "relevance": [
+                        relevance(ANSWER_LIST[o], gt) for o in options]})
             dialogs.append({"image_id": image_id, "caption": caption, "dialog": rounds})
         submit(jobs)
         write_json(root / f"visdial_1.0_{split}.json", {
@@ -1259,7 +1267,9 @@ def write_visdial(root: Path, cfg: Config, submit: Submit) -> dict[str, Any]:
         summary[split] = {"images": len(dialogs),
                           "rounds": sum(len(d["dialog"]) for d in dialogs)}
     write_json(root / "visdial_1.0_val_dense_annotations.json", dense)
+    write_json(root / "visdial_1.0_train_dense_sample.json", train_dense)
     summary["val_dense"] = len(dense)
+    summary["train_dense"] = len(train_dense)
     return summary
 
 

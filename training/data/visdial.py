@@ -4,6 +4,9 @@ Files under ``data_dir``::
 
     visdial_1.0_<split>.json                 split: train | val | test
     visdial_1.0_val_dense_annotations.json   dense relevance of one round per val image
+    visdial_1.0_train_dense_sample.json      the same for a sample of train dialogs (optional;
+                                             its lists are keyed ``relevance``, val's
+                                             ``gt_relevance``: either key is read in both)
     train2014/COCO_train2014_%012d.jpg, VisualDialog_val2018/VisualDialog_val2018_%012d.jpg,
     VisualDialog_test2018/VisualDialog_test2018_%012d.jpg
 
@@ -18,8 +21,8 @@ One item per dialog. R = ``num_rounds`` (10), O = ``num_options`` (100). Sample 
 * ``options_ids`` (R, O, La), ``options_length`` (R, O); ``options_mask`` (R,) true where the
   round has options (all rounds on train/val, only the last on test);
 * ``gt_index`` (R,) int64, -1 where unknown; ``round_mask`` (R,) bool;
-* ``gt_relevance`` (O,) float32 and ``relevance_round`` (0-based, -1 if none) on val when
-  the dense file is present.
+* ``gt_relevance`` (O,) float32 and ``relevance_round`` (0-based, -1 if none) on val and
+  train when the split's dense file is present (zeros and -1 for a dialog without one).
 """
 
 from __future__ import annotations
@@ -78,8 +81,8 @@ class VisDialDataset(BaseDataset):
         self.question_pool, self.question_len = self._pool(self.questions, self.Lq, False)
         self.answer_pool, self.answer_len = self._pool(self.answers, self.La, True)
         self.relevance: dict[int, tuple[int, list[float]]] = {}
-        dense = self.data_dir / f"visdial_1.0_{split}_dense_annotations.json"
-        if split == "val" and dense.is_file():
+        dense = dense_file(self.data_dir, split)
+        if dense is not None and dense.is_file():
             self.relevance = _read_dense(dense, {d["image_id"] for d in self.dialogs},
                                          num_rounds=num_rounds, num_options=num_options)
         folder, prefix = self.official_split
@@ -239,6 +242,16 @@ def _index(rd: Any, name: str, size: int, where: str, *, optional: bool = False)
     return value
 
 
+DENSE_FILES = {"val": "visdial_1.0_val_dense_annotations.json",
+               "train": "visdial_1.0_train_dense_sample.json"}
+
+
+def dense_file(data_dir: Path, split: str) -> Path | None:
+    """The split's dense relevance file (which may not exist); None for test."""
+    name = DENSE_FILES.get(split)
+    return data_dir / name if name else None
+
+
 def _read_dense(path: Path, image_ids: set[int], *, num_rounds: int, num_options: int
                 ) -> dict[int, tuple[int, list[float]]]:
     """image_id -> (0-based round, relevance of each option)."""
@@ -254,9 +267,11 @@ def _read_dense(path: Path, image_ids: set[int], *, num_rounds: int, num_options
         round_id = field(e, "round_id", int, where)
         if not 1 <= round_id <= num_rounds:
             raise DatasetError(f"{where}: field 'round_id' {round_id} is outside 1..{num_rounds}")
-        rel = field(e, "gt_relevance", list, where)
-        if len(rel) != num_options or not all(isinstance(v, (int, float)) for v in rel):
-            raise DatasetError(f"{where}: field 'gt_relevance' must be {num_options} numbers")
+        key = "gt_relevance" if isinstance(e, dict) and "gt_relevance" in e else "relevance"
+        rel = field(e, key, list, where)
+        if len(rel) != num_options or not all(isinstance(v, (int, float)) and
+                                              not isinstance(v, bool) for v in rel):
+            raise DatasetError(f"{where}: field {key!r} must be {num_options} numbers")
         out[image_id] = (round_id - 1, [float(v) for v in rel])
     return out
 
@@ -265,13 +280,14 @@ def load_ground_truth(data_dir: str | Path, split: str, *, num_rounds: int = 10,
                       num_options: int = 100) -> dict[str, Any]:
     """A split's dialogs without images: ``{"dialogs": [...], "answers": [...],
     "questions": [...], "relevance": {image_id: (0-based round, [O floats])}}``; relevance is
-    read from ``visdial_1.0_<split>_dense_annotations.json`` when present."""
+    read from the split's dense file (``DENSE_FILES``) when present."""
     resolve_split("visdial", split, VisDialDataset.splits)
     d = Path(data_dir)
     questions, answers, dialogs = _read(d / f"visdial_1.0_{split}.json", split=split,
                                         num_rounds=num_rounds, num_options=num_options)
-    dense = d / f"visdial_1.0_{split}_dense_annotations.json"
+    dense = dense_file(d, split)
     relevance = (_read_dense(dense, {x["image_id"] for x in dialogs}, num_rounds=num_rounds,
-                             num_options=num_options) if dense.is_file() else {})
+                             num_options=num_options)
+                 if dense is not None and dense.is_file() else {})
     return {"questions": questions, "answers": answers, "dialogs": dialogs,
             "relevance": relevance}

@@ -159,6 +159,9 @@ def write_visdial(root: Path) -> Path:
                "data": {"questions": questions, "answers": answers, "dialogs": dialogs}})
     _dump(d / "visdial_1.0_val_dense_annotations.json",
           [{"image_id": 7, "round_id": 2, "gt_relevance": [1.0] + [0.5] + [0.0] * 98}])
+    # the train sample's lists are keyed "relevance", as in VisDial v1.0's release
+    _dump(d / "visdial_1.0_train_dense_sample.json",
+          [{"image_id": 8, "round_id": 3, "relevance": [0.0] * 2 + [1.0, 0.5] + [0.0] * 96}])
     return d
 
 

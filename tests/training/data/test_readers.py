@@ -107,6 +107,10 @@ def test_visdial_rounds_options_history_and_dense(world):
     assert vocab.decode(s["history_ids"][1]) == "is it red yes"  # round 1's Q and A
     assert s["relevance_round"] == 1 and s["gt_relevance"][:2].tolist() == [1.0, 0.5]
     assert val[1]["relevance_round"] == -1
+    train = build_dataset(cfg, "visdial", "train", procs)  # the train dense sample
+    assert train[1]["relevance_round"] == 2
+    assert train[1]["gt_relevance"][1:5].tolist() == [0.0, 1.0, 0.5, 0.0]
+    assert train[0]["relevance_round"] == -1 and not train[0]["gt_relevance"].any()
     test = build_dataset(cfg, "visdial", "test", procs)
     t = test[0]
     assert t["rounds"] == 3
@@ -243,6 +247,13 @@ def test_visdial_errors(world):
     _edit(dense, lambda d: d[0].__setitem__("round_id", 0))
     with pytest.raises(DatasetError, match=r"image 7: field 'round_id' 0 is outside 1..10"):
         make()
+    sample = dirs["visdial"] / "visdial_1.0_train_dense_sample.json"
+    original = sample.read_text()
+    _edit(sample, lambda d: d[0].__setitem__("relevance", [1.0] * 99))
+    with pytest.raises(DatasetError, match=r"train_dense_sample.json: image 8: field "
+                                           r"'relevance' must be 100 numbers"):
+        make("train")
+    sample.write_text(original)
 
 
 def test_data_dir_missing_is_named(tmp_path):

@@ -259,6 +259,14 @@ def test_visdial_layout_options_and_dense(world):
         assert x["gt_relevance"][r["gt_index"]] == 1.0
         values.update(x["gt_relevance"])
     assert values[0.5] > 0 and values[1.0] > len(dense)  # paraphrases of the answer count too
+    # VisDial's train dense sample: one in ten training dialogs, lists keyed "relevance"
+    train = load(root / "visdial_1.0_train.json")["data"]["dialogs"]
+    sample = load(root / "visdial_1.0_train_dense_sample.json")
+    assert [x["image_id"] for x in sample] == [d["image_id"] for d in train[::10]]
+    for x in sample:
+        assert list(x) == ["image_id", "round_id", "relevance"] and len(x["relevance"]) == 100
+        r = train[(x["image_id"] - train[0]["image_id"])]["dialog"][x["round_id"] - 1]
+        assert x["relevance"][r["gt_index"]] == 1.0
 
 
 def _style_of_forms() -> dict[str, int]:
