@@ -443,13 +443,14 @@ TARGETS: dict[str, Callable[[Bench], dict[str, Any]]] = {
 def ensure_data(data_dir: Path, train_images: int) -> dict[str, Any]:
     """Generate ShapesWorld (the generator's defaults but ``train_images`` training images
     per dataset) unless that very world is already there."""
+    from training.data.shapes import GENERATOR_VERSION, generate
+
     marker = data_dir / ".bench-generated"
-    want = {"train_images": train_images}
+    want = {"train_images": train_images, "generator_version": GENERATOR_VERSION}
     if marker.is_file() and all((data_dir / d).is_dir() for d in DATASETS):
         have = json.loads(marker.read_text())
-        if have.get("train_images") == train_images:
+        if all(have.get(k) == v for k, v in want.items()):
             return {"data_dir": str(data_dir), "generated": False, **have}
-    from training.data.shapes import generate
 
     log(f"generating ShapesWorld ({train_images} training images per dataset) into {data_dir}")
     summary = generate(data_dir, train_images=train_images)

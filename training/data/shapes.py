@@ -117,6 +117,9 @@ from training.data.shapes_world import (
 __all__ = ["ALL_DATASETS", "LEXICON", "generate", "lexicon", "main"]
 
 ALL_DATASETS: tuple[str, ...] = ("vqa2", "textvqa", "vizwiz", "coco", "visdial")
+# Bumped whenever the same seed starts writing different files, so caches of generated worlds
+# (bench/train.py's) know to regenerate. 2: VisDial answerer styles and train dense sample.
+GENERATOR_VERSION = 2
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 MIN_IMAGE_SIZE = 64
 VQA_QUESTIONS_PER_IMAGE = 5
