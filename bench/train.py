@@ -321,15 +321,15 @@ def target_ban(b: Bench) -> dict[str, Any]:
 
 
 def bare_loop_samples_per_s(overrides: list[str], updates: int, skip: int) -> float:
-    """Samples/s of a plain loop (forward, backward, step) on the model and data the trainer
-    builds from pythia.yaml; the first ``skip`` updates are not timed (as the trainer's first
-    logging interval is not)."""
+    """Samples/s of a plain loop (forward under the config's autocast precision, backward,
+    step) on the model and data the trainer builds from pythia.yaml; the first ``skip`` updates
+    are not timed (as the trainer's first logging interval is not)."""
     import torch
     from torch.utils.data import DataLoader
 
     from training.config import load_config
     from training.data import collate
-    from training.trainer import Trainer, seed_everything
+    from training.trainer import PRECISIONS, Trainer, seed_everything
 
     cfg = load_config(CONFIGS / "pythia.yaml", overrides)
     trainer = Trainer(cfg)
@@ -340,12 +340,14 @@ def bare_loop_samples_per_s(overrides: list[str], updates: int, skip: int) -> fl
     seed_everything(int(cfg.trainer.seed))
     loader = DataLoader(trainer.concat, batch_size=int(cfg.trainer.batch_size), shuffle=True,
                         drop_last=True, collate_fn=collate, num_workers=int(cfg.data.num_workers))
+    amp = PRECISIONS[str(cfg.trainer.precision)]
     done, start = 0, 0.0
     while done < updates:
         for batch in loader:
             if done == skip:
                 start = time.perf_counter()
-            loss = model(batch)["loss"]
+            with torch.autocast(trainer.device.type, dtype=amp, enabled=amp is not None):
+                loss = model(batch)["loss"]
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
