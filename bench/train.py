@@ -27,7 +27,8 @@ Targets (val split, official metrics):
   swapped, no OCR copy) <= 20: the copy mechanism must be what answers;
 * ``butd``: COCO CIDEr-D >= 1.5 with beam search (``training.predict --beam-size`` on the
   release, then ``training.evaluate``; the trainer's own evaluation decodes greedily);
-* ``visdial``: MRR >= 0.6 and NDCG >= 0.5;
+* ``visdial``: MRR >= 0.6 and NDCG >= 0.5 (and ``form_blind_mrr``: the best MRR a model
+  could reach that knew each answer's meaning but not the answerer's wording);
 * ``ban``: VQA v2 accuracy, reported (no target);
 * ``overhead``: training-phase samples/s of ``training.train`` (pythia.yaml, no val split) over
   a bare PyTorch loop (the same model, data, batch size and optimizer class; forward,

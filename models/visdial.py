@@ -29,8 +29,10 @@ the right answer as a negative, which is what NDCG punishes.
 (empty for rounds past ``round_mask``). ``option_loglik(batch)`` -> (B, R, O) summed
 log-probabilities of each option under the generative decoder.
 
-Memory: options are encoded as one flattened batch of (rounds with options) * O sequences of
-La tokens. VisDial training (B = 32, R = 10, O = 100, La = 20) is 32,000 LSTM sequences, i.e.
+Memory: options are encoded as one batch of the distinct rows among (rounds with options) * O
+sequences of La tokens (``_encode_options``; ShapesWorld's 205-answer pool makes that ~200,
+real VisDial's options rarely repeat). VisDial training (B = 32, R = 10, O = 100, La = 20) is
+then up to 32,000 LSTM sequences, i.e.
 640k token steps: with E = 300, H = 512 the embeddings and LSTM activations kept for backward
 are ~ 640k * (E + 6 H) floats ~ 9 GB in float32; lower B (or O by sampling) on small GPUs.
 ``option_loglik`` runs the attention decoder over every option, in chunks of
