@@ -287,14 +287,14 @@ def form_blind_mrr(visdial_dir: Path) -> float:
     wording: the k options that mean the ground truth (unhedged) can only be ranked 1..k in
     some order, worth (1 + 1/2 + ... + 1/k) / k. What the answerer's style (read from the
     history) must add to go beyond it."""
-    from training.data.shapes import ANSWER_POOL
+    from training.data.shapes import relevance
 
     data = json.loads((visdial_dir / "visdial_1.0_val.json").read_text())["data"]
     answers, total, n = data["answers"], 0.0, 0
     for dialog in data["dialogs"]:
         for r in dialog["dialog"]:
-            kind, value, _ = ANSWER_POOL[answers[r["answer"]]]
-            k = sum(ANSWER_POOL[answers[o]] == (kind, value, False) for o in r["answer_options"])
+            gt = answers[r["answer"]]
+            k = sum(relevance(answers[o], gt) == 1.0 for o in r["answer_options"])
             total += sum(1.0 / i for i in range(1, k + 1)) / k
             n += 1
     return total / n

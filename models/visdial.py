@@ -221,9 +221,6 @@ class VisDial(BaseModel, VisualMixin):
         those of encoding every copy (the gather sums the copies' gradients)."""
         assert self.option_rnn is not None
         uniq, inverse = torch.unique(ids, dim=0, return_inverse=True)  # (U, La), (M,)
-        if uniq.size(0) == ids.size(0):
-            _, out = self.option_rnn(self.embedding(ids), lengths)
-            return out
         u_len = lengths.new_zeros(uniq.size(0)).scatter_(0, inverse.to(lengths.device), lengths)
         _, out = self.option_rnn(self.embedding(uniq), u_len)  # (U, H)
         return out[inverse]

@@ -1217,8 +1217,12 @@ VISDIAL_IMAGE_DIRS = {"train": ("train2014", "COCO_train2014"),
 def write_visdial(root: Path, cfg: Config, submit: Submit) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     image_id = 0  # unique over splits
-    dense: list[dict[str, Any]] = []
-    train_dense: list[dict[str, Any]] = []  # every TRAIN_DENSE_EVERY-th training dialog
+    # split -> (file, relevance key, records): val's dense annotations, train's dense sample
+    # (every TRAIN_DENSE_EVERY-th training dialog), keyed as VisDial v1.0 keys them.
+    dense: dict[str, tuple[str, str, list[dict[str, Any]]]] = {
+        "val": ("visdial_1.0_val_dense_annotations.json", "gt_relevance", []),
+        "train": ("visdial_1.0_train_dense_sample.json", "relevance", []),
+    }
     for split in SPLITS:
         folder, prefix = VISDIAL_IMAGE_DIRS[split]
         img_dir = root / folder
@@ -1255,11 +1259,10 @@ def write_visdial(root: Path, cfg: Config, submit: Submit) -> dict[str, Any]:
                 rounds.append({"question": q_idx, "answer": ANSWER_INDEX[gt],
                                "answer_options": options, "gt_index": options.index(
                                    ANSWER_INDEX[gt])})
-                if split == "val" and r == dense_round:
-                    dense.append({"image_id": image_id, "round_id": r + 1, "gt_relevance": [
-                        relevance(ANSWER_LIST[o], gt) for o in options]})
-                if split == "train" and r == dense_round and i % TRAIN_DENSE_EVERY == 0:
-                    train_dense.append({"image_id": image_id, "round_id": r + 1, "relevance": [
+                if r == dense_round and split in dense and (
+                        split == "val" or i % TRAIN_DENSE_EVERY == 0):
+                    _, key, records = dense[split]
+                    records.append({"image_id": image_id, "round_id": r + 1, key: [
                         relevance(ANSWER_LIST[o], gt) for o in options]})
             dialogs.append({"image_id": image_id, "caption": caption, "dialog": rounds})
         submit(jobs)
@@ -1269,10 +1272,9 @@ def write_visdial(root: Path, cfg: Config, submit: Submit) -> dict[str, Any]:
         })
         summary[split] = {"images": len(dialogs),
                           "rounds": sum(len(d["dialog"]) for d in dialogs)}
-    write_json(root / "visdial_1.0_val_dense_annotations.json", dense)
-    write_json(root / "visdial_1.0_train_dense_sample.json", train_dense)
-    summary["val_dense"] = len(dense)
-    summary["train_dense"] = len(train_dense)
+    for split, (name, _, records) in dense.items():
+        write_json(root / name, records)
+        summary[f"{split}_dense"] = len(records)
     return summary
 
 
