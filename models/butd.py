@@ -12,6 +12,11 @@ Anatomy (B batch, N regions/cells, D = image_dim, L caption tokens, V words)::
 targets ``caption_ids[:, 1:]`` (``label_smoothing`` optional). Without captions it returns the
 greedy caption: ``ids`` (B, T) and ``scores`` (B,) summed log-probabilities.
 
+Self-critical training (``training.self_critical``): when the trainer has set
+``model.self_critical`` (a ``SelfCritic``) and the model is in training mode, ``forward`` with
+captions samples ``self_critical.samples`` captions per image instead of teacher forcing and
+returns the critic's ``loss`` and ``reward`` (mean CIDEr-D of the samples).
+
 ``generate(batch, beam_size=1, max_length=20)`` -> per sample ``{"ids": [...], "score": float,
 "beams": [(ids, score), ...]}``, ids without ``<s>`` and ending with ``</s>`` when the caption
 finished (``Vocabulary.decode`` turns them into text). Greedy when ``beam_size == 1``.
@@ -20,7 +25,7 @@ finished (``Vocabulary.decode`` turns them into text). Greedy when ``beam_size =
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 
@@ -30,7 +35,7 @@ from models.layers.image import encode_image
 from models.pythia import VisualMixin, config_kwargs
 from models.registry import MODELS
 
-__all__ = ["BUTD", "PUBLISHED_RECIPE", "SHAPES_RECIPE"]
+__all__ = ["BUTD", "PUBLISHED_RECIPE", "SHAPES_RECIPE", "SelfCritic"]
 
 #: Constructor kwargs of the published COCO recipe (Anderson et al. 2018, section 3.2 and
 #: appendix): 1000-d word embedding and LSTMs, 512-d attention, 36 x 2048-d Faster R-CNN
@@ -64,6 +69,18 @@ SHAPES_RECIPE: dict[str, Any] = {
 }
 
 
+class SelfCritic(Protocol):
+    """What ``training.self_critical.SelfCritical`` offers the model: how many captions to
+    sample per image, how long, and the loss of the sampled ids (B * K, T) / per-token
+    log-probabilities (B * K, T) for a batch (``{"loss", "reward"}``)."""
+
+    samples: int
+    max_length: int
+
+    def loss(self, ids: torch.Tensor, log_probs: torch.Tensor, batch: Mapping[str, Any]
+             ) -> dict[str, torch.Tensor]: ...
+
+
 @MODELS.register("butd")
 class BUTD(BaseModel, VisualMixin):
     family = "butd"
@@ -93,6 +110,8 @@ class BUTD(BaseModel, VisualMixin):
     ) -> None:
         super().__init__({k: v for k, v in locals().items() if k not in ("self", "__class__")})
         self.label_smoothing = label_smoothing
+        #: set by the trainer for self-critical training; not a module, never saved
+        self.self_critical: SelfCritic | None = None
         self.build_visual(backbone=backbone, freeze_backbone=freeze_backbone,
                           image_dim=image_dim, use_boxes=use_boxes)
         self.decoder = AttentionLSTMDecoder(vocab_size=vocab_size, embedding_dim=embedding_dim,
@@ -122,6 +141,10 @@ class BUTD(BaseModel, VisualMixin):
         if captions is None:
             ids, scores = self.decoder.greedy(v, mask, max_length=20)
             return {"ids": ids, "scores": scores}  # (B, T), (B,)
+        critic = self.self_critical
+        if critic is not None and self.training:
+            ids, log_probs = self.decoder.sample(v, mask, critic.samples, critic.max_length)
+            return critic.loss(ids, log_probs, batch)  # {"loss", "reward"}
         logits = self.decoder(v, mask, captions)  # (B, L-1, V)
         loss = sequence_loss(logits, captions[:, 1:], label_smoothing=self.label_smoothing)
         return {"logits": logits, "loss": loss}

@@ -56,6 +56,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 from models import MODELS, save_pretrained
 from models.base import BaseModel
 from models.processors import ImageTransform
+from models.release import load as load_release
 from models.release import unwrap_model
 from training import dist as tdist
 from training.config import ConfigError, save_resolved
@@ -73,6 +74,7 @@ from training.evaluation.evaluators import Evaluator, evaluators_for
 from training.optim import build_optimizer, build_scheduler, clip_gradients, current_lrs
 from training.predict import TRAINING_FIELDS, output_decoder
 from training.registry import SCHEDULERS
+from training.self_critical import SelfCritical
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 METRICS_NAME = "metrics.jsonl"
@@ -259,6 +261,10 @@ class Trainer:
         self._build_data()
         self.model: BaseModel = self.family.from_config(cfg.model, self.processors
                                                         ).to(self.device)
+        if cfg.run.get("init_from"):
+            self._init_from(Path(str(cfg.run.init_from)))
+        if bool(tc.self_critical.enabled):
+            self._attach_self_critical()
         self.ddp: nn.Module = self.model
         if self.world > 1:
             # A multi-task batch uses one route (a VQA batch leaves the caption decoder
@@ -284,6 +290,46 @@ class Trainer:
         self.best_update = -1
         self.bad_evals = 0
         self.last_metrics: dict[str, float] = {}
+
+    def _init_from(self, path: Path) -> None:
+        """Start from a release's weights (``run.init_from``): same family, same processors."""
+        try:
+            release, processors = load_release(path)
+        except (OSError, ValueError) as exc:  # ReleaseError is a ValueError
+            raise ConfigError(f"run.init_from={str(path)!r}: {exc}") from None
+        if release.family != self.family.family:
+            raise ConfigError(f"run.init_from={str(path)!r} is a {release.family!r} release "
+                              f"but model.name is {self.cfg.model.name!r}")
+        for name, ours in self.processors.items():
+            theirs = processors.get(name)
+            if theirs is not None and hasattr(ours, "to_dict") \
+                    and theirs.to_dict() != ours.to_dict():
+                raise ConfigError(f"run.init_from={str(path)!r}: its processor {name!r} differs "
+                                  f"from the one this run's data builds (another dataset or "
+                                  f"vocabulary settings?)")
+        try:
+            self.model.load_state_dict(release.state_dict())
+        except RuntimeError as exc:  # shapes: other hyper-parameters than model.*
+            raise ConfigError(f"run.init_from={str(path)!r} does not fit model.*: {exc}"
+                              ) from None
+
+    def _attach_self_critical(self) -> None:
+        """``trainer.self_critical``: the reward over the training references (captioners)."""
+        sc = self.cfg.trainer.self_critical
+        if not hasattr(self.model, "self_critical") or len(self.train_sets) != 1:
+            raise ConfigError(f"trainer.self_critical.enabled: model.name={self.cfg.model.name!r}"
+                              " does not train by self-critical sampling (use butd on one "
+                              "captioning dataset)")
+        captions = getattr(self.train_sets[0], "captions", None)
+        if not isinstance(captions, Mapping):
+            raise ConfigError(f"trainer.self_critical.enabled: dataset {self.dataset_names[0]!r}"
+                              " has no reference captions")
+        try:
+            critic = SelfCritical(captions.values(), self.processors["caption_vocab"],
+                                  samples=int(sc.samples), max_length=int(sc.max_length))
+        except ValueError as exc:
+            raise ConfigError(f"trainer.self_critical: {exc}") from None
+        cast(Any, self.model).self_critical = critic  # a plain attribute (not a module)
 
     # -- data ---------------------------------------------------------------------------------
     def _build_data(self) -> None:
@@ -357,6 +403,7 @@ class Trainer:
         """One optimizer update over ``accumulate`` micro-batches; returns its statistics."""
         self.ddp.train()
         losses: dict[str, list[float]] = {}
+        rewards: dict[str, list[float]] = {}
         total = 0.0
         for i in range(self.accumulate):
             batch = _to_device(next(batches), self.device)
@@ -375,6 +422,8 @@ class Trainer:
                 self.scaler.scale(loss).backward()
             value = float(loss.detach()) * self.accumulate
             losses.setdefault(str(batch["dataset"]), []).append(value)
+            if "reward" in out:  # self-critical training: the samples' mean reward
+                rewards.setdefault(str(batch["dataset"]), []).append(float(out["reward"]))
             total += value / self.accumulate
         self.scaler.unscale_(self.optimizer)
         norm = clip_gradients(self.model, self.cfg.trainer.clip_grad_norm)
@@ -389,7 +438,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.update += 1
         return {"loss": total, "grad_norm": norm, "skipped": skipped,
-                "tasks": {k: sum(v) / len(v) for k, v in losses.items()}}
+                "tasks": {k: sum(v) / len(v) for k, v in losses.items()},
+                "rewards": {k: sum(v) / len(v) for k, v in rewards.items()}}
 
     # -- evaluation ---------------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
@@ -592,6 +642,8 @@ class Trainer:
             window.setdefault("grad_norm", []).append(stats["grad_norm"])
             for task, value in stats["tasks"].items():
                 window.setdefault(f"loss/{task}", []).append(value)
+            for task, value in stats["rewards"].items():
+                window.setdefault(f"reward/{task}", []).append(value)
             if stats["skipped"]:
                 self.log({"event": "skipped_update", "grad_norm": stats["grad_norm"]})
             last = self.update == self.max_updates

@@ -73,6 +73,9 @@ class AttentionLSTMDecoder(nn.Module):
     * ``beam_search(features, mask, beam_size, max_length, length_penalty=0.0,
       initial_state=None)`` -> per sample, ``beam_size`` beams ``(ids, score)`` sorted by
       score descending; score = summed log-probability / length ** length_penalty.
+    * ``sample(features, mask, num_samples, max_length, initial_state=None)`` -> (ids (B * K,
+      T), per-token log-probabilities (B * K, T)) of captions drawn from the model, with
+      gradients (self-critical training).
 
     ``greedy`` and ``beam_search`` run without gradients.
     """
@@ -190,6 +193,47 @@ class AttentionLSTMDecoder(nn.Module):
         out = (torch.stack(ids, dim=1) if ids
                else torch.zeros(B, 0, dtype=torch.long, device=features.device))
         return out, scores  # (B, T), (B,)
+
+    def sample(
+        self,
+        features: torch.Tensor,
+        mask: torch.Tensor | None,
+        num_samples: int,
+        max_length: int,
+        initial_state: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``num_samples`` captions per image drawn from the model's distribution, WITH
+        gradients (self-critical training): rows b * num_samples + j, like ``beam_search``.
+
+        Returns ids (B * K, T) (``</s>`` then ``<pad>`` after a finished caption, T <=
+        max_length) and log_probs (B * K, T) float32: the log-probability of each emitted
+        token, 0 at the padding after ``</s>``. Draws from torch's global RNG.
+        """
+        if num_samples < 1 or max_length < 1:
+            raise ValueError(f"sample: num_samples and max_length must be >= 1, got "
+                             f"{num_samples} and {max_length}")
+        mem = self._memory(features, mask).repeat(num_samples)
+        state = self._initial_state(
+            mem, None if initial_state is None
+            else initial_state.repeat_interleave(num_samples, dim=0))
+        rows = mem.v.size(0)
+        device = features.device
+        word = torch.full((rows,), BOS_ID, dtype=torch.long, device=device)
+        finished = torch.zeros(rows, dtype=torch.bool, device=device)
+        ids: list[torch.Tensor] = []
+        log_probs: list[torch.Tensor] = []
+        for _ in range(max_length):
+            h, state = self._step(self.embedding(word), state, mem)
+            logp = self._log_probs(self.dropout(h))  # (rows, V), as in teacher forcing
+            word = torch.multinomial(logp.detach().exp(), 1).squeeze(1)  # (rows,)
+            word = word.masked_fill(finished, PAD_ID)
+            chosen = logp.gather(1, word.unsqueeze(1)).squeeze(1)
+            log_probs.append(chosen.masked_fill(finished, 0.0))
+            ids.append(word)
+            finished = finished | (word == EOS_ID)
+            if bool(finished.all()):
+                break
+        return torch.stack(ids, dim=1), torch.stack(log_probs, dim=1)
 
     @torch.no_grad()
     def beam_search(

@@ -73,6 +73,7 @@ import numpy as np
 from training.registry import METRICS
 
 __all__ = [
+    "CiderD",
     "bleu",
     "caption_metrics",
     "cider_d",
@@ -837,46 +838,66 @@ def rouge_l(
     return float(np.mean(np.array(scores))), scores
 
 
-def cider_d(
-    gts: Mapping[K, Sequence[str]], res: Mapping[K, Sequence[str]]
-) -> tuple[float, list[float]]:
-    """Corpus CIDEr-D and per-item scores, as ``pycocoevalcap.cider.Cider`` computes them."""
-    keys = _check(gts, res)
+#: One reference set prepared by ``CiderD.references``: per reference, its tf-idf vectors
+#: (one {n-gram: weight} dict per n), their norms and its bigram count ("length").
+_CiderVectors = tuple[list[dict[tuple[str, ...], float]], list[float], int]
+
+
+class CiderD:
+    """CIDEr-D with document frequencies fixed by a corpus of reference sets.
+
+    ``cider_d`` builds one over the evaluated references, as pycocoevalcap does. Self-critical
+    training (Rennie et al. 2017; ``training.self_critical``) builds one over the training
+    split's references and scores sampled captions against each image's references, as the
+    reference SCST code does with its precomputed training document frequencies.
+
+    ``corpus``: one sequence of tokenized references per image (an image's n-grams count once
+    in the document frequency). ``score(candidate, self.references(refs))`` is the per-item
+    CIDEr-D of pycocoevalcap (x10 included); ``references`` is separate so a caller scoring
+    several candidates against one image prepares its references once.
+    """
+
     n, sigma = 4, 6.0
-    ref_counts = [[_ngram_counts(ref.split(), n) for ref in gts[key]] for key in keys]
-    # document frequency: in how many images' reference sets an n-gram occurs
-    doc_freq: dict[tuple[str, ...], int] = {}
-    for refs in ref_counts:
-        for gram in {g for counts in refs for g in counts}:
-            doc_freq[gram] = doc_freq.get(gram, 0) + 1
-    log_df = np.log(np.arange(1, len(keys) + 1, dtype=np.float64)).tolist()  # log(df), df>=1
-    ref_len = float(np.log(float(len(keys))))
 
-    # idf of every reference n-gram; n-grams found in no reference get log(#images)
-    idf = {gram: ref_len - log_df[df - 1] for gram, df in doc_freq.items()}
+    def __init__(self, corpus: Iterable[Sequence[str]]) -> None:
+        doc_freq: dict[tuple[str, ...], int] = {}
+        images = 0
+        for refs in corpus:
+            images += 1
+            grams = {g for ref in refs for g in _ngram_counts(ref.split(), self.n)}
+            for gram in grams:
+                doc_freq[gram] = doc_freq.get(gram, 0) + 1
+        if images == 0:
+            raise ValueError("CiderD: the corpus holds no reference set")
+        log_df = np.log(np.arange(1, images + 1, dtype=np.float64)).tolist()  # log(df), df>=1
+        #: log(#images): the idf of an n-gram found in no reference set
+        self.ref_len = float(np.log(float(images)))
+        self.idf = {gram: self.ref_len - log_df[df - 1] for gram, df in doc_freq.items()}
 
-    def vectors(
-        counts: Counter[tuple[str, ...]],
-    ) -> tuple[list[dict[tuple[str, ...], float]], list[float], int]:
+    def _vectors(self, counts: Counter[tuple[str, ...]]) -> _CiderVectors:
+        n = self.n
         vec: list[dict[tuple[str, ...], float]] = [{} for _ in range(n)]
         norm = [0.0] * n
         for gram, tf in counts.items():
             k = len(gram) - 1
-            w = float(tf) * idf.get(gram, ref_len)
+            w = float(tf) * self.idf.get(gram, self.ref_len)
             vec[k][gram] = w
             norm[k] += w**2
         length = sum(vec_tf for gram, vec_tf in counts.items() if len(gram) == 2)  # bigrams
         return vec, [math.sqrt(x) for x in norm], length
 
-    scores: list[float] = []
-    for key, refs in zip(keys, ref_counts):
-        vec_h, norm_h, len_h = vectors(_ngram_counts(res[key][0].split(), n))
-        total = [0.0] * n
-        for counts in refs:
-            vec_r, norm_r, len_r = vectors(counts)
+    def references(self, refs: Sequence[str]) -> list[_CiderVectors]:
+        """An image's tokenized references, prepared for ``score``."""
+        return [self._vectors(_ngram_counts(ref.split(), self.n)) for ref in refs]
+
+    def score(self, candidate: str, refs: Sequence[_CiderVectors]) -> float:
+        """CIDEr-D of one tokenized candidate against ``references(...)`` of its image."""
+        vec_h, norm_h, len_h = self._vectors(_ngram_counts(candidate.split(), self.n))
+        total = [0.0] * self.n
+        for vec_r, norm_r, len_r in refs:
             delta = float(len_h - len_r)
-            penalty = math.e ** (-(delta**2) / (2 * sigma**2))
-            for k in range(n):
+            penalty = math.e ** (-(delta**2) / (2 * self.sigma**2))
+            for k in range(self.n):
                 val = 0.0
                 ref_k = vec_r[k]
                 for gram, w in vec_h[k].items():
@@ -885,7 +906,17 @@ def cider_d(
                 if norm_h[k] != 0 and norm_r[k] != 0:
                     val /= norm_h[k] * norm_r[k]
                 total[k] += val * penalty
-        scores.append(float(np.mean(np.array(total))) / len(refs) * 10.0)
+        return float(np.mean(np.array(total))) / len(refs) * 10.0
+
+
+def cider_d(
+    gts: Mapping[K, Sequence[str]], res: Mapping[K, Sequence[str]]
+) -> tuple[float, list[float]]:
+    """Corpus CIDEr-D and per-item scores, as ``pycocoevalcap.cider.Cider`` computes them
+    (document frequencies over the evaluated references)."""
+    keys = _check(gts, res)
+    scorer = CiderD(gts[key] for key in keys)
+    scores = [scorer.score(res[key][0], scorer.references(gts[key])) for key in keys]
     return float(np.mean(np.array(scores))), scores
 
 

@@ -1,0 +1,188 @@
+"""Self-critical sequence training (training/self_critical.py) and run.init_from: the reward,
+the leave-one-out baseline, the decoder's sampling, and the two-stage BUTD recipe through
+training/train.py on a tiny ShapesWorld COCO."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from models.layers.decoder import EOS_ID, PAD_ID, AttentionLSTMDecoder
+from models.processors.text import Vocabulary
+from training.data import shapes
+from training.evaluation.captions import CiderD, cider_d
+from training.self_critical import SelfCritical
+from training.train import main
+
+REFS = {1: ["A red circle is left of a blue square.", "Two shapes: a circle and a square."],
+        2: ["There are three green triangles.", "Three triangles, all of them green."]}
+VOCAB = Vocabulary.build([c for refs in REFS.values() for c in refs] + ["dog"])
+
+
+def _ids(*captions: str, length: int = 12) -> torch.Tensor:
+    rows = [VOCAB.encode(c, max_length=length, add_eos=True)[0] for c in captions]
+    return torch.stack(rows)
+
+
+def test_cider_d_fixed_corpus_matches_the_evaluator() -> None:
+    gts = {k: [" ".join(c.lower().replace(".", "").replace(",", "").replace(":", "").split())
+               for c in v] for k, v in REFS.items()}
+    res = {1: ["a red circle left of a square"], 2: ["three green shapes"]}
+    scorer = CiderD(gts.values())
+    per = [scorer.score(res[k][0], scorer.references(gts[k])) for k in gts]
+    assert per == cider_d(gts, res)[1]
+    with pytest.raises(ValueError, match="no reference set"):
+        CiderD([])
+
+
+def test_rewards_score_each_sample_against_its_own_image() -> None:
+    critic = SelfCritical(REFS.values(), VOCAB, samples=2, max_length=12)
+    ids = _ids("a red circle is left of a blue square", "dog dog",
+               "there are three green triangles", "a red circle is left of a blue square")
+    rewards = critic.rewards(ids, [REFS[1], REFS[2]])
+    assert rewards.shape == (2, 2)
+    assert rewards[0, 0] > 1.0 and rewards[1, 0] > 1.0  # a reference of its own image
+    assert rewards[0, 1] == 0.0  # no n-gram in common
+    assert rewards[1, 1] < rewards[1, 0] / 4  # image 1's caption on image 2
+    with pytest.raises(ValueError, match="3 sampled rows for 2 images x 2"):
+        critic.rewards(ids[:3], [REFS[1], REFS[2]])
+    with pytest.raises(ValueError, match=">= 2"):
+        SelfCritical(REFS.values(), VOCAB, samples=1)
+
+
+def test_loss_raises_the_samples_that_beat_the_others() -> None:
+    critic = SelfCritical(REFS.values(), VOCAB, samples=3, max_length=12)
+    ids = _ids("a red circle is left of a blue square", "dog", "two shapes a circle and dog")
+    log_probs = torch.full(ids.shape, -1.0, requires_grad=True)
+    out = critic.loss(ids, log_probs, {"references": [REFS[1]]})
+    rewards = critic.rewards(ids, [REFS[1]])[0]
+    assert float(out["reward"]) == pytest.approx(float(rewards.mean()))
+    out["loss"].backward()
+    grad = log_probs.grad
+    assert grad is not None
+    emitted = [int((row != PAD_ID).sum()) for row in ids]
+    tokens = sum(emitted)
+    for j in range(3):
+        advantage = float(rewards[j] - (rewards.sum() - rewards[j]) / 2)
+        # d loss / d log p = -advantage / #tokens on emitted tokens, 0 after </s>
+        assert grad[j, : emitted[j]].tolist() == pytest.approx(
+            [-advantage / tokens] * emitted[j], rel=1e-5)
+        assert grad[j, emitted[j]:].abs().sum() == 0
+    assert grad[0, 0] < 0 < grad[1, 0]  # the best sample is pushed up, the worst down
+    with pytest.raises(ValueError, match="references"):
+        critic.loss(ids, log_probs, {})
+
+
+def test_decoder_sample_log_probs_are_the_teacher_forced_ones() -> None:
+    torch.manual_seed(0)
+    dec = AttentionLSTMDecoder(vocab_size=len(VOCAB), embedding_dim=8, hidden_dim=16,
+                               image_dim=12, attention_dim=8, dropout=0.0)
+    feats, mask = torch.randn(2, 5, 12), torch.ones(2, 5, dtype=torch.bool)
+    mask[1, 3:] = False
+    torch.manual_seed(1)
+    ids, log_probs = dec.sample(feats, mask, num_samples=3, max_length=6)
+    torch.manual_seed(1)
+    again, _ = dec.sample(feats, mask, num_samples=3, max_length=6)
+    assert torch.equal(ids, again)  # the global RNG decides
+    assert ids.shape == log_probs.shape and ids.size(0) == 6 and ids.size(1) <= 6
+    assert log_probs.requires_grad and bool((log_probs <= 0).all())
+    # Teacher forcing on <s> + the samples gives the same per-token log-probabilities.
+    captions = torch.cat([torch.full((6, 1), 2), ids], dim=1)
+    logits = dec(feats.repeat_interleave(3, 0), mask.repeat_interleave(3, 0), captions)
+    forced = logits.log_softmax(-1).gather(2, ids.unsqueeze(2)).squeeze(2)
+    after_eos = (ids == EOS_ID).long().cumsum(1) - (ids == EOS_ID).long() > 0
+    assert torch.allclose(log_probs, forced.masked_fill(after_eos, 0.0), atol=1e-5)
+    with pytest.raises(ValueError, match="num_samples"):
+        dec.sample(feats, mask, num_samples=0, max_length=6)
+
+
+# -- through the trainer ------------------------------------------------------------------------
+
+TINY_BUTD = ["model.name=butd", "model.image_size=64", "model.backbone=shapes_cnn",
+             "model.embedding_dim=16", "model.hidden_dim=32", "model.image_dim=32",
+             "model.attention_dim=32", "model.use_boxes=true", "model.dropout=0.0"]
+
+
+@pytest.fixture(scope="module")
+def coco_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("shapes")
+    shapes.generate(root, seed=0, train_images=16, val_images=8, test_images=4, image_size=64,
+                    workers=1, datasets="coco,vqa2")
+    return root
+
+
+def _args(root: Path, save_dir: Path, *extra: str) -> list[str]:
+    return [*TINY_BUTD, f"datasets.coco.data_dir={root / 'coco'}", f"run.save_dir={save_dir}",
+            "trainer.device=cpu", "data.num_workers=0", "trainer.batch_size=16",
+            "trainer.log_every=1", "trainer.checkpoint_every=100", "scheduler.type=constant",
+            "scheduler.warmup_updates=0", "optimizer.lr=0.01", *extra]
+
+
+def _records(save_dir: Path, event: str) -> list[dict[str, Any]]:
+    lines = (save_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r.get("event") == event]
+
+
+@pytest.fixture(scope="module")
+def xe_release(coco_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("xe") / "run"
+    assert main(_args(coco_root, run, "trainer.max_updates=30", "trainer.eval_every=30")) == 0
+    return run / "release"
+
+
+def test_self_critical_run_from_a_release(coco_root: Path, xe_release: Path,
+                                          tmp_path: Path) -> None:
+    run = tmp_path / "scst"
+    assert main(_args(coco_root, run, f"run.init_from={xe_release}", "trainer.max_updates=1",
+                      "trainer.eval_every=1", "optimizer.lr=0.0")) == 0
+    # lr 0: the run's release holds exactly the weights it started from (batch norm's
+    # running statistics move in training mode whatever the lr).
+    before = load_file(str(xe_release / "model.safetensors"))
+    after = load_file(str(run / "release" / "model.safetensors"))
+    assert before.keys() == after.keys()
+    weights = [k for k in before if "running_" not in k and "num_batches" not in k]
+    assert len(weights) > 20 and all(torch.equal(before[k], after[k]) for k in weights)
+
+    run = tmp_path / "scst2"
+    assert main(_args(coco_root, run, f"run.init_from={xe_release}", "trainer.max_updates=60",
+                      "trainer.eval_every=60", "trainer.self_critical.enabled=true",
+                      "trainer.self_critical.samples=4", "optimizer.lr=0.003")) == 0
+    train = _records(run, "train")
+    rewards = [r["reward/coco"] for r in train]
+    assert len(rewards) == 60 and all(r >= 0 for r in rewards)
+    # Optimizing CIDEr-D on 16 images: the samples' mean reward rises (here ~0.18 -> ~0.23).
+    assert sum(rewards[-20:]) / 20 > sum(rewards[:20]) / 20 + 0.03, rewards
+    assert "coco/cider" in _records(run, "eval")[-1]
+    assert (run / "release" / "model.safetensors").is_file()
+
+
+def test_init_from_and_self_critical_errors(coco_root: Path, xe_release: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    def error(*extra: str, args: list[str] | None = None) -> str:
+        assert main(args or _args(coco_root, tmp_path / "bad", *extra)) != 0
+        return capsys.readouterr().err
+
+    assert "run.init_from" in error(f"run.init_from={tmp_path / 'nowhere'}")
+    pythia = ["model.name=pythia", "model.image_size=64", "model.backbone=shapes_cnn",
+              f"datasets.vqa2.data_dir={coco_root / 'vqa2'}", f"run.save_dir={tmp_path / 'p'}",
+              "trainer.device=cpu", "data.num_workers=0", "trainer.batch_size=4"]
+    msg = error(args=[*pythia, f"run.init_from={xe_release}"])
+    assert "'butd' release" in msg and "pythia" in msg
+    msg = error(args=[*pythia, "trainer.self_critical.enabled=true"])
+    assert "self_critical" in msg and "'pythia' does not train" in msg
+    assert "does not fit model.*" in error(f"run.init_from={xe_release}", "model.hidden_dim=48")
+    msg = error("trainer.self_critical.enabled=true", "trainer.self_critical.samples=1")
+    assert "trainer.self_critical" in msg and ">= 2" in msg
+    # A release built on other data: its caption vocabulary differs.
+    other = tmp_path / "other"
+    shapes.generate(other, seed=5, train_images=4, val_images=2, test_images=1, image_size=64,
+                    workers=1, datasets="coco")
+    assert main(_args(other, tmp_path / "other_run", "trainer.max_updates=1",
+                      "trainer.eval_every=1")) == 0
+    msg = error(f"run.init_from={tmp_path / 'other_run' / 'release'}")
+    assert "caption_vocab" in msg and "differs" in msg
