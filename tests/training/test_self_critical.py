@@ -4,9 +4,7 @@ training/train.py on a tiny ShapesWorld COCO."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -14,6 +12,8 @@ from safetensors.torch import load_file
 
 from models.layers.decoder import EOS_ID, PAD_ID, AttentionLSTMDecoder
 from models.processors.text import Vocabulary
+from tests.training.runs import records as _records
+from tests.training.runs import tiny_world
 from training.data import shapes
 from training.evaluation.captions import CiderD, cider_d
 from training.self_critical import SelfCritical
@@ -110,10 +110,7 @@ TINY_BUTD = ["model.name=butd", "model.image_size=64", "model.backbone=shapes_cn
 
 @pytest.fixture(scope="module")
 def coco_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("shapes")
-    shapes.generate(root, seed=0, train_images=16, val_images=8, test_images=4, image_size=64,
-                    workers=1, datasets="coco,vqa2")
-    return root
+    return tiny_world(tmp_path_factory, "shapes", "coco,vqa2")
 
 
 def _args(root: Path, save_dir: Path, *extra: str) -> list[str]:
@@ -121,11 +118,6 @@ def _args(root: Path, save_dir: Path, *extra: str) -> list[str]:
             "trainer.device=cpu", "data.num_workers=0", "trainer.batch_size=16",
             "trainer.log_every=1", "trainer.checkpoint_every=100", "scheduler.type=constant",
             "scheduler.warmup_updates=0", "optimizer.lr=0.01", *extra]
-
-
-def _records(save_dir: Path, event: str) -> list[dict[str, Any]]:
-    lines = (save_dir / "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r.get("event") == event]
 
 
 @pytest.fixture(scope="module")

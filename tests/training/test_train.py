@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 from pathlib import Path
@@ -12,8 +11,9 @@ import pytest
 import torch
 
 from models.predictor import Predictor
+from tests.training.runs import records as _records
+from tests.training.runs import tiny_world
 from training import trainer as trainer_mod
-from training.data import shapes
 from training.train import SIGTERM_EXIT, main
 
 TINY_MODEL = [
@@ -26,10 +26,7 @@ TINY_MODEL = [
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("shapes")
-    shapes.generate(root, seed=0, train_images=16, val_images=8, test_images=4, image_size=64,
-                    workers=1, datasets="vqa2")
-    return root
+    return tiny_world(tmp_path_factory, "shapes", "vqa2")
 
 
 def _args(data_root: Path, save_dir: Path, *extra: str) -> list[str]:
@@ -38,11 +35,6 @@ def _args(data_root: Path, save_dir: Path, *extra: str) -> list[str]:
             "trainer.batch_size=16", "trainer.log_every=1", "trainer.eval_every=100",
             "trainer.checkpoint_every=100", "scheduler.type=constant",
             "scheduler.warmup_updates=0", *extra]
-
-
-def _records(save_dir: Path, event: str) -> list[dict[str, Any]]:
-    lines = (save_dir / "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r.get("event") == event]
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:

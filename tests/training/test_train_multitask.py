@@ -3,18 +3,18 @@ ShapesWorld datasets (CPU, seconds), with one shared vocabulary and per-task los
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from models.predictor import Predictor
+from tests.training.runs import records as _records
+from tests.training.runs import tiny_world
 from training.config import load_config
-from training.data import build_multitask_processors, processors_for, shapes
+from training.data import build_multitask_processors, processors_for
 from training.train import main
 
 DATASETS = ("vqa2", "textvqa", "vizwiz", "coco", "visdial")
@@ -30,10 +30,7 @@ TINY_MODEL = [
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("shapes_all")
-    shapes.generate(root, seed=0, train_images=16, val_images=8, test_images=4, image_size=64,
-                    workers=1)
-    return root
+    return tiny_world(tmp_path_factory, "shapes_all")
 
 
 def _args(data_root: Path, save_dir: Path, *extra: str,
@@ -43,11 +40,6 @@ def _args(data_root: Path, save_dir: Path, *extra: str,
             "trainer.batch_size=8", "trainer.log_every=1", "trainer.eval_every=100",
             "trainer.checkpoint_every=100", "scheduler.type=constant",
             "scheduler.warmup_updates=0", "optimizer.lr=0.005", *extra]
-
-
-def _records(save_dir: Path, event: str) -> list[dict[str, Any]]:
-    lines = (save_dir / "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r.get("event") == event]
 
 
 def test_multitask_processors_share_one_vocabulary(data_root: Path) -> None:
