@@ -178,3 +178,21 @@ def test_init_from_and_self_critical_errors(coco_root: Path, xe_release: Path, t
                       "trainer.eval_every=1")) == 0
     msg = error(f"run.init_from={tmp_path / 'other_run' / 'release'}")
     assert "caption_vocab" in msg and "differs" in msg
+
+
+def test_self_critical_resumes_exactly(coco_root: Path, xe_release: Path, tmp_path: Path) -> None:
+    # Sampling draws from the RNG that checkpoints save: 6 updates in one go equal 3 + 3.
+    full, part = tmp_path / "full", tmp_path / "part"
+    common = [f"run.init_from={xe_release}", "trainer.self_critical.enabled=true",
+              "trainer.self_critical.samples=3", "trainer.eval_every=100"]
+    assert main(_args(coco_root, full, *common, "trainer.max_updates=6")) == 0
+    assert main(_args(coco_root, part, *common, "trainer.max_updates=3")) == 0
+    assert main(_args(coco_root, part, *common, "trainer.max_updates=6", "run.resume=true")) == 0
+    a = torch.load(full / "checkpoints" / "current.pt", weights_only=True)["model"]
+    b = torch.load(part / "checkpoints" / "current.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=1e-6, msg=k)
+    ra = [r["reward/coco"] for r in _records(full, "train")]
+    rb = [r["reward/coco"] for r in _records(part, "train")]
+    assert len(ra) == 6 and rb == pytest.approx(ra, rel=1e-6)
