@@ -38,7 +38,9 @@ each tensor once (``models.release`` aliases).
 * caption: with ``caption_ids`` (B, L): ``logits`` (B, L - 1, V) and ``loss`` (token
   cross-entropy, teacher forcing); without: greedy ``ids`` (B, T) and ``scores`` (B,);
 * dialog: ``scores`` (B, R, O); with ``gt_index`` ``loss`` (= ``disc_loss``, the
-  cross-entropy of the scores against the ground-truth option).
+  cross-entropy of the scores against the ground-truth option, plus
+  ``dialog_dense_loss_weight`` x ``dense_loss`` on batches with dense relevance, as the
+  single-task ``visdial.VisDial``'s ``dense_loss_weight``).
 
 An unknown dataset raises ``ValueError`` naming the known ones. ``generate(batch, beam_size,
 max_length)`` decodes captions as ``butd.BUTD.generate`` does.
@@ -154,7 +156,8 @@ class MultiTask(BaseModel, VisualMixin):
         "image_glimpses": 1, "attention_dim": 5000, "fusion_dim": 5000, "classifier_dim": 5000,
         "classifier_text_dim": 300, "ocr_embedding_dim": 300, "ocr_dim": 300,
         "ocr_visual": True, "caption_hidden_dim": 1000, "caption_attention_dim": 512,
-        "caption_label_smoothing": 0.0, "dialog_attention_dim": 512, "dropout": 0.1,
+        "caption_label_smoothing": 0.0, "dialog_attention_dim": 512,
+        "dialog_dense_loss_weight": 0.0, "dropout": 0.1,
         "glove_path": None, "backbone_weights": None,
     }  # fmt: skip
 
@@ -189,6 +192,7 @@ class MultiTask(BaseModel, VisualMixin):
         caption_attention_dim: int = 512,
         caption_label_smoothing: float = 0.0,
         dialog_attention_dim: int = 512,
+        dialog_dense_loss_weight: float = 0.0,
         dropout: float = 0.1,
     ) -> None:
         super().__init__({k: v for k, v in locals().items() if k not in ("self", "__class__")})
@@ -246,7 +250,8 @@ class MultiTask(BaseModel, VisualMixin):
         self.dialog = VisDial(vocab_size=vocab_size, embedding_dim=embedding_dim,
                               hidden_dim=hidden_dim, image_dim=image_dim,
                               attention_dim=dialog_attention_dim, backbone=None,
-                              use_boxes=use_boxes, decoder="disc", dropout=dropout)
+                              use_boxes=use_boxes, decoder="disc", dropout=dropout,
+                              dense_loss_weight=dialog_dense_loss_weight)
         self.dialog.embedding = self.question.embedding
         self.dialog.question_rnn = self.question.rnn
         self.dialog.grid_encoder = self.grid_encoder

@@ -236,3 +236,17 @@ def test_cuda_bf16_autocast() -> None:
             out = m(batch)
         check_shapes(out, ds)
         out["loss"].backward()
+
+
+def test_dialog_dense_loss_weight() -> None:
+    batch = make_batch("visdial")
+    relevance = torch.zeros(B, O)
+    relevance[0, :2] = torch.tensor([1.0, 0.5])
+    batch.update(gt_relevance=relevance, relevance_round=torch.tensor([1] + [-1] * (B - 1)))
+    assert "dense_loss" not in build().train()(batch)  # off by default
+    model = build(dialog_dense_loss_weight=0.5).train()
+    out = model(batch)
+    p = relevance[0] / 1.5
+    expected = -(p * torch.log_softmax(out["scores"][0, 1].float(), -1)).sum()
+    torch.testing.assert_close(out["dense_loss"], expected)
+    torch.testing.assert_close(out["loss"], out["disc_loss"] + 0.5 * expected)
