@@ -517,8 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", required=True, help="folder of .jpg/.jpeg/.png images")
     p.add_argument("--backbone", default="resnet152", choices=sorted(RESNET_CHANNELS))
     p.add_argument("--weights", default=None,
-                   help="local torchvision state dict (.pth/.pt/.safetensors) for the backbone; "
-                        "without it the backbone is randomly initialised (nothing is downloaded)")
+                   help="local torchvision state dict (.pth/.pt/.safetensors) for the backbone, "
+                        "or a release directory of ours (its trained backbone); without it the "
+                        "backbone is randomly initialised (nothing is downloaded)")
     p.add_argument("--image-size", type=int, default=448,
                    help="images are resized to this square size (448 -> 14x14 grid)")
     p.add_argument("--batch-size", type=int, default=32)

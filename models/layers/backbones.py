@@ -12,8 +12,11 @@ it directly (its ``fc.*`` keys are ignored). Pretrained weights are never downlo
 dict under ``"state_dict"`` or ``"model"``, or prefixes keys with ``"module."``, is accepted.
 
 ``shapes_cnn`` is no ResNet: a small trunk of our own for synthetic data trained from scratch
-on a CPU (see ``_SMALL_LAYERS``); it takes ``weights_path`` too (a state dict of the same
-trunk, e.g. from an earlier release).
+on a CPU (see ``_SMALL_LAYERS``); it takes ``weights_path`` too.
+
+``weights_path`` may also be a whole model's state dict or a release directory of ours (its
+``model.safetensors``): the trunk's keys (``...grid_encoder.trunk.*``) are taken from it, so
+one model's trained backbone starts another (e.g. a captioner's for a VQA model).
 
 This module is a leaf: it imports nothing from ``training`` or ``service``.
 """
@@ -29,7 +32,7 @@ import torch
 import torchvision
 from torch import nn
 
-__all__ = ["RESNET_CHANNELS", "load_state_dict_file", "resnet_trunk"]
+__all__ = ["RESNET_CHANNELS", "load_state_dict_file", "resnet_trunk", "trunk_state"]
 
 #: Output channels of each supported trunk. ``<name>_l3`` stops after ``layer3``: stride 16
 #: instead of 32 (a 4x4 grid at 64 px rather than 2x2), for small inputs such as ShapesWorld.
@@ -61,6 +64,13 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "resnet101": torchvision.models.resnet101,
     "resnet152": torchvision.models.resnet152,
 }
+
+#: The weights file of a release directory (``models.release.MODEL_FILE``; this module is a
+#: leaf and does not import it).
+RELEASE_WEIGHTS = "model.safetensors"
+#: In a whole model's state dict the trunk's keys sit under this (``ResNetGridEncoder.trunk``,
+#: possibly below a parent module's name).
+TRUNK_KEY = "grid_encoder.trunk."
 
 _TRUNK_CHILDREN = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
 
@@ -108,9 +118,15 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
 
     Torch files are read with ``weights_only=True`` (no arbitrary code runs). A dict wrapping
     the state dict under ``"state_dict"``/``"model"`` is unwrapped and a ``"module."`` key prefix
-    (DataParallel) is stripped. Errors name the file.
+    (DataParallel) is stripped. A directory is read as one of our releases: its
+    ``model.safetensors`` (never a pickle). Errors name the file.
     """
     p = Path(path)
+    if p.is_dir():
+        p = p / RELEASE_WEIGHTS
+        if not p.is_file():
+            raise FileNotFoundError(f"weights directory {p.parent} holds no {RELEASE_WEIGHTS} "
+                                    f"(expected a release directory)")
     if not p.is_file():
         raise FileNotFoundError(f"weights file not found: {p}")
     obj: Any
@@ -142,7 +158,24 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def trunk_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The trunk's part of a whole model's state dict (any model of ours with a raw-image
+    backbone: keys ``...grid_encoder.trunk.<name>``), keys relative to the trunk; a state dict
+    with no such keys (a torchvision or trunk state dict) is returned as it is."""
+    prefixes = {k[: k.index(TRUNK_KEY) + len(TRUNK_KEY)] for k in state if TRUNK_KEY in k}
+    if not prefixes:
+        return dict(state)
+    if len(prefixes) > 1:
+        raise ValueError(f"the state dict holds several backbones: {sorted(prefixes)}")
+    prefix = prefixes.pop()
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
 def _load_into(trunk: nn.Module, state: Mapping[str, torch.Tensor], path: Path, name: str) -> None:
+    try:
+        state = trunk_state(state)
+    except ValueError as exc:
+        raise ValueError(f"weights file {path}: {exc}") from None
     # The classifier (and layer4 for an ``_l3`` trunk) of a full ResNet state dict are unused.
     kept = {child for child, _ in trunk.named_children()}
     state = {k: v for k, v in state.items()

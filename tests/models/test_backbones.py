@@ -135,3 +135,38 @@ def test_unreadable_or_missing_weights_files(tmp_path):
     torch.save({"epoch": 3, "lr": 0.1}, not_tensors)
     with pytest.raises(ValueError, match=r"dict\.pth"):
         load_state_dict_file(not_tensors)
+
+
+def test_trunk_from_a_whole_model_or_its_release(tmp_path):
+    """A release directory (its model.safetensors) or a whole model's state dict gives the
+    trunk its ``...grid_encoder.trunk.*`` weights, e.g. a captioner's backbone for Pythia."""
+    from models import create_model, save_pretrained
+
+    torch.manual_seed(5)
+    butd = create_model("butd", vocab_size=20, backbone="shapes_cnn", image_dim=128,
+                        embedding_dim=8, hidden_dim=16, attention_dim=16)
+    source = butd.grid_encoder.trunk
+    with torch.no_grad():  # running statistics travel too
+        source.conv4[1].running_mean.uniform_()
+    save_pretrained(butd, tmp_path / "butd")
+    from_release = resnet_trunk("shapes_cnn", weights_path=tmp_path / "butd")
+    save_file(butd.state_dict(), str(tmp_path / "whole.safetensors"))
+    from_file = resnet_trunk("shapes_cnn", weights_path=tmp_path / "whole.safetensors")
+    for trunk in (from_release, from_file):
+        for key, value in source.state_dict().items():
+            torch.testing.assert_close(trunk.state_dict()[key], value, rtol=0, atol=0)
+        fresh = resnet_trunk("shapes_cnn").conv4[1].running_mean
+        assert not torch.equal(trunk.conv4[1].running_mean, fresh)
+
+    pythia = create_model("pythia", vocab_size=20, num_answers=4, backbone="shapes_cnn",
+                          image_dim=128, embedding_dim=8, hidden_dim=16, attention_dim=16,
+                          fusion_dim=16, classifier_dim=16, classifier_text_dim=8)
+    pythia.grid_encoder.load_backbone_weights(tmp_path / "butd")
+    torch.testing.assert_close(pythia.grid_encoder.trunk.conv0[0].weight, source.conv0[0].weight)
+
+    # A directory that is no release, and a model whose backbone is another trunk, are named.
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"empty.*model\.safetensors"):
+        resnet_trunk("shapes_cnn", weights_path=tmp_path / "empty")
+    with pytest.raises(ValueError, match=r"butd.*missing keys"):
+        resnet_trunk("resnet18", weights_path=tmp_path / "butd")
