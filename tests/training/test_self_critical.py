@@ -201,3 +201,35 @@ def test_self_critical_resumes_exactly(coco_root: Path, xe_release: Path, tmp_pa
     ra = [r["reward/coco"] for r in _records(full, "train")]
     rb = [r["reward/coco"] for r in _records(part, "train")]
     assert len(ra) == 6 and rb == pytest.approx(ra, rel=1e-6)
+
+
+
+def test_pythia_over_the_captioners_frozen_backbone(coco_root: Path, xe_release: Path,
+                                                    tmp_path: Path) -> None:
+    """pythia_pretrained.yaml: Pythia reads the captioner's trunk from its release and trains
+    over it frozen (weights and BatchNorm statistics unchanged), while its head learns."""
+    config = Path(__file__).resolve().parents[2] / "training/configs/shapes/pythia_pretrained.yaml"
+
+    def train(save_dir: Path, *extra: str) -> dict[str, torch.Tensor]:
+        assert main(["--config", str(config), f"model.backbone_weights={xe_release}",
+                     "model.embedding_dim=16", "model.hidden_dim=32", "model.attention_dim=32",
+                     "model.fusion_dim=32", "model.classifier_dim=32",
+                     f"datasets.vqa2.data_dir={coco_root / 'vqa2'}", f"run.save_dir={save_dir}",
+                     "trainer.device=cpu", "data.num_workers=0", "trainer.batch_size=16",
+                     "trainer.max_updates=4", "trainer.eval_every=4", "trainer.log_every=1",
+                     "trainer.precision=fp32", *extra]) == 0
+        return load_file(str(save_dir / "release" / "model.safetensors"))
+
+    pythia = train(tmp_path / "pythia")
+    butd = load_file(str(xe_release / "model.safetensors"))
+    trunk = [k for k in pythia if k.startswith("grid_encoder.trunk.")]
+    assert len(trunk) == 5 * 6  # 5 conv-BN blocks: conv weight, BN weight/bias/mean/var/count
+    for key in trunk:
+        assert torch.equal(pythia[key], butd[key]), key
+    assert len(_records(tmp_path / "pythia", "train")) == 4
+    # The head trained: its weights moved from those of the same run at learning rate 0.
+    still = train(tmp_path / "still", "optimizer.lr=0.0")
+    for key in trunk:
+        assert torch.equal(still[key], butd[key]), key
+    head = [k for k in pythia if k.startswith("classifier.")]
+    assert head and all(not torch.equal(pythia[k], still[k]) for k in head)
