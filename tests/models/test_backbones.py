@@ -6,7 +6,12 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
-from models.layers.backbones import RESNET_CHANNELS, load_state_dict_file, resnet_trunk
+from models.layers.backbones import (
+    RESNET_CHANNELS,
+    load_state_dict_file,
+    resnet_trunk,
+    trunk_state,
+)
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])
@@ -170,3 +175,14 @@ def test_trunk_from_a_whole_model_or_its_release(tmp_path):
         resnet_trunk("shapes_cnn", weights_path=tmp_path / "empty")
     with pytest.raises(ValueError, match=r"butd.*missing keys"):
         resnet_trunk("resnet18", weights_path=tmp_path / "butd")
+
+
+def test_trunk_state_picks_the_one_backbone() -> None:
+    w = torch.ones(1)
+    plain = {"conv0.0.weight": w}
+    assert trunk_state(plain) == plain  # a trunk's own state dict passes through
+    nested = {"visual.grid_encoder.trunk.conv0.0.weight": w, "visual.grid_encoder.proj.bias": w,
+              "classifier.weight": w}
+    assert trunk_state(nested) == {"conv0.0.weight": w}
+    with pytest.raises(ValueError, match="several backbones"):
+        trunk_state({**nested, "other.grid_encoder.trunk.conv0.0.weight": w})
