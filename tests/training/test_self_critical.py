@@ -203,7 +203,6 @@ def test_self_critical_resumes_exactly(coco_root: Path, xe_release: Path, tmp_pa
     assert len(ra) == 6 and rb == pytest.approx(ra, rel=1e-6)
 
 
-
 def test_pythia_over_the_captioners_frozen_backbone(coco_root: Path, xe_release: Path,
                                                     tmp_path: Path) -> None:
     """pythia_pretrained.yaml: Pythia reads the captioner's trunk from its release and trains
