@@ -33,7 +33,8 @@ SMALL["lorra"] = [*SMALL["pythia"], "model.ocr_embedding_dim=16", "model.ocr_dim
 
 def test_shipped_configs_exist() -> None:
     assert {p.stem for p in SHAPES} == {"pythia", "pythia_pretrained", "lorra", "ban", "butd",
-                                        "butd_scst", "visdial", "multitask"}
+                                        "butd_scst", "visdial", "multitask",
+                                        "multitask_pretrained"}
     assert {p.stem for p in PUBLISHED} == {"pythia_vqa2", "lorra_textvqa", "pythia_vizwiz",
                                            "butd_coco", "visdial"}
 
