@@ -5,6 +5,7 @@ real HTTP. Answers must equal the in-process service's."""
 from __future__ import annotations
 
 import base64
+import collections
 import os
 import shutil
 import subprocess
@@ -68,6 +69,10 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.stop()
 
 
+# The last lines each worker wrote to stderr, by pid: failure messages show them.
+WORKER_LOGS: dict[int, collections.deque[str]] = {}
+
+
 def start_worker(release: Path, redis_url: str, *, concurrency: int = 8,
                  extra_env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHIA_MODELS": f"demo={release}",
@@ -88,7 +93,8 @@ def start_worker(release: Path, redis_url: str, *, concurrency: int = 8,
             break
         lines.append(line)
         if " ready." in line:
-            threading.Thread(target=lambda: [None for _ in proc.stderr or []],  # drain
+            tail = WORKER_LOGS.setdefault(proc.pid, collections.deque(lines, maxlen=200))
+            threading.Thread(target=tail.extend, args=(proc.stderr,),  # drain, keep
                              daemon=True).start()
             return proc
     proc.kill()
@@ -219,7 +225,8 @@ def test_redis_outage_503_then_recovery(
                 if status == 200:
                     break
                 time.sleep(0.5)
-            assert status == 200
+            assert status == 200, ("no answer after Redis came back; the worker's log:\n"
+                                   + "".join(WORKER_LOGS.get(proc.pid, [])))
             assert c.get(f"{remote.url}/readyz").status_code == 200
     finally:
         stop_worker(proc)
