@@ -29,21 +29,31 @@ Celery settings and why (its documentation's known traps):
   Celery's time limits do nothing under it, so every message carries its deadline and the
   batcher enforces it. Under ``prefork`` the models load in each child after the fork
   (``worker_process_init``), never in the parent: CUDA cannot survive a fork;
+* ``broker_transport`` = ``RedisTransport`` (for ``redis://``): kombu's, with a channel
+  close that survives Redis vanishing before an acknowledgement (kombu 5.7 raised
+  ``AttributeError`` there and Celery stopped the whole worker). Not for ``rediss://``:
+  naming a transport bypasses kombu's scheme-based TLS defaults, so TLS URLs keep kombu's
+  own transport (and the bug);
 * JSON only (``accept_content``): no pickle crosses the queue; result keys expire
   (``PYTHIA_RESULT_TTL_S``) and so does Celery's own result metadata (``result_expires``).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
+from urllib.parse import urlsplit
 
 from celery import Celery
 from kombu import Queue
+from kombu.transport import redis as kombu_redis
 
 from service.settings import Settings
 
-__all__ = ["JOB_QUEUE", "TASK_QUEUES", "cancel_key", "make_celery", "result_key"]
+__all__ = ["JOB_QUEUE", "TASK_QUEUES", "RedisTransport", "cancel_key", "make_celery", "result_key"]
+
+log = logging.getLogger("pythia.queue")
 
 #: One queue per task kind: a slow kind (captions with beams) never blocks the others, and
 #: workers can be dedicated to kinds (``celery ... worker -Q pythia.vqa``).
@@ -58,6 +68,39 @@ def result_key(task_id: str) -> str:
 
 def cancel_key(task_id: str) -> str:
     return f"pythia:cancel:{task_id}"
+
+
+class _QoS(kombu_redis.QoS):
+    def restore_unacked(self, client: Any = None) -> None:
+        """Requeue this channel's unacknowledged messages, unless the channel has lost its
+        broker: kombu (5.7) then raises ``AttributeError`` from inside ``Channel.close``
+        (the transport's ``client`` is already ``None``), which Celery's consumer takes for
+        an "Unrecoverable error" and the whole worker exits instead of reconnecting. It
+        happens whenever Redis goes away between a task's end and its acknowledgement
+        (``task_acks_late``). Those messages are still in Redis's unacked index (written on
+        delivery), so the visibility sweep requeues them after the visibility timeout, as
+        for a killed worker; nothing is lost that Redis itself kept."""
+        transport = getattr(self.channel, "connection", None)
+        if client is None and getattr(transport, "client", None) is None:
+            if self._delivered:
+                log.warning("broker connection gone: %d unacknowledged message(s) left to "
+                            "the visibility sweep", len(self._delivered))
+            self._delivered.clear()
+            return None
+        super().restore_unacked(client)
+        return None
+
+
+class _Channel(kombu_redis.Channel):
+    QoS = _QoS
+
+
+class RedisTransport(kombu_redis.Transport):
+    """kombu's Redis transport with a channel whose close survives a lost broker (see
+    ``_QoS.restore_unacked``); selected by ``make_celery`` for ``redis://`` URLs
+    (``broker_transport``)."""
+
+    Channel = _Channel
 
 
 def make_celery(settings: Settings | None = None) -> Celery:
@@ -85,6 +128,9 @@ def make_celery(settings: Settings | None = None) -> Celery:
                                      "unacked_restore_throttle": 1,
                                      "socket_timeout": 5, "socket_connect_timeout": 2},
         "broker_connection_retry_on_startup": True,
+        # a channel that survives Redis going away before an acknowledgement (RedisTransport)
+        **({"broker_transport": f"{__name__}:RedisTransport"}
+           if urlsplit(s.redis_url).scheme == "redis" else {}),
         "task_publish_retry": False,  # a Redis outage must answer 503 now, not hang
         "result_expires": int(float(os.environ.get("PYTHIA_RESULT_TTL_S", "3600"))),
         "worker_hijack_root_logger": False,

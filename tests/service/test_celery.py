@@ -73,14 +73,34 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 WORKER_LOGS: dict[int, collections.deque[str]] = {}
 
 
+#: ``python -c`` launcher for ``celery`` whose workers wait ``ACK_DELAY_S`` before each
+#: acknowledgement: it widens, not fakes, the window in which Redis can vanish between a
+#: task's end and its ack (``task_acks_late``), which CI hit by chance.
+SLOW_ACK_CELERY = """
+import os, time
+import kombu.message
+_ack = kombu.message.Message.ack
+def ack(self, *args, **kwargs):
+    time.sleep(float(os.environ["ACK_DELAY_S"]))
+    return _ack(self, *args, **kwargs)
+kombu.message.Message.ack = ack
+from celery.__main__ import main
+main()
+"""
+
+
 def start_worker(release: Path, redis_url: str, *, concurrency: int = 8,
-                 extra_env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+                 extra_env: dict[str, str] | None = None,
+                 ack_delay_s: float = 0.0) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHIA_MODELS": f"demo={release}",
            "PYTHIA_REDIS_URL": redis_url, "PYTHIA_DEVICE": "cpu", "PYTHIA_MAX_WAIT_MS": "50",
            "PYTHIA_MAX_BATCH_SIZE": str(concurrency), "OMP_NUM_THREADS": "1",
            **(extra_env or {})}
+    if ack_delay_s:
+        env["ACK_DELAY_S"] = str(ack_delay_s)
+    launcher = ["-c", SLOW_ACK_CELERY] if ack_delay_s else ["-m", "celery"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "service.worker", "worker", "--pool", "threads",
+        [sys.executable, *launcher, "-A", "service.worker", "worker", "--pool", "threads",
          "--concurrency", str(concurrency), "--loglevel", "info", "--without-gossip",
          "--without-mingle", "--without-heartbeat", "-n", f"w{free_port()}@%h"],
         cwd=REPO, env=env, text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -201,11 +221,19 @@ def test_full_queue_and_deadline_without_workers(
         lonely.stop()
 
 
+def _worker_log(proc: subprocess.Popen[str]) -> str:
+    return "".join(WORKER_LOGS.get(proc.pid, []))
+
+
+@pytest.mark.parametrize("ack_delay_s", [0.0, 0.3], ids=["acked", "ack_lost"])
 def test_redis_outage_503_then_recovery(
         serve: Callable[..., LiveServer], front: LoadedModel, demo_release: Path,
-        tmp_path: Path, image_bytes: bytes) -> None:
+        tmp_path: Path, image_bytes: bytes, ack_delay_s: float) -> None:
+    # ack_lost: Redis stops after the worker answered "before?" but before it acknowledged
+    # the message; kombu's channel close then raised AttributeError and the worker exited
+    # ("Unrecoverable error") instead of reconnecting, until service.queue.RedisTransport.
     own = RedisServer(tmp_path).start()
-    proc = start_worker(demo_release, own.url, concurrency=2)
+    proc = start_worker(demo_release, own.url, concurrency=2, ack_delay_s=ack_delay_s)
     try:
         remote = serve(models={"demo": front}, queue="celery", redis_url=own.url,
                        request_timeout_s=20)
@@ -217,6 +245,12 @@ def test_redis_outage_503_then_recovery(
             assert r.json()["error"]["code"] == "queue_unavailable"
             ready = c.get(f"{remote.url}/readyz")
             assert ready.status_code == 503 and "unreachable" in ready.json()["error"]["message"]
+            if ack_delay_s:
+                deadline = time.monotonic() + 10
+                while "Couldn't ack" not in _worker_log(proc) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert "Couldn't ack" in _worker_log(proc), _worker_log(proc)
+                time.sleep(0.5)  # the consumer notices the lost connection and closes
             own.start()  # same port
             deadline = time.monotonic() + 60
             status = 0
@@ -226,11 +260,29 @@ def test_redis_outage_503_then_recovery(
                     break
                 time.sleep(0.5)
             assert status == 200, ("no answer after Redis came back; the worker's log:\n"
-                                   + "".join(WORKER_LOGS.get(proc.pid, [])))
+                                   + _worker_log(proc))
             assert c.get(f"{remote.url}/readyz").status_code == 200
+            assert proc.poll() is None
+            assert "Unrecoverable error" not in _worker_log(proc)
+            if ack_delay_s:
+                assert "left to the visibility sweep" in _worker_log(proc)
     finally:
         stop_worker(proc)
         own.stop()
+
+
+def test_transport_choice_by_scheme() -> None:
+    # redis:// gets the transport whose channel close survives a lost broker; rediss:// keeps
+    # kombu's own, so kombu's TLS defaults for the scheme still apply
+    from kombu.transport.redis import Transport
+
+    from service.queue import RedisTransport, make_celery
+    from service.settings import Settings
+
+    plain = make_celery(Settings(redis_url="redis://127.0.0.1:1/0"))
+    assert plain.connection_for_write().get_transport_cls() is RedisTransport
+    tls = make_celery(Settings(redis_url="rediss://127.0.0.1:1/0?ssl_cert_reqs=required"))
+    assert tls.connection_for_write().get_transport_cls() is Transport
 
 
 def test_worker_killed_while_holding_requests(serve: Callable[..., LiveServer],
