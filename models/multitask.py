@@ -10,8 +10,11 @@ K OCR slots, R rounds, O options, V caption words)::
             (+ VQA-only self-attention glimpses) -> tokens (B, L, H), q (B, G * H)
 
     vqa     (every dataset of ``answer_spaces``)
-            SHARED among VQA datasets: image_attention (TopDownAttention(v, q)) and
-            fusion (ProductFusion(v_att, q)) -> joint (B, F)
+            image_attention (TopDownAttention(v, q)) and fusion (ProductFusion(v_att, q))
+            -> joint (B, F): SHARED among VQA datasets with ``vqa_heads="shared"`` (the
+            default), one pair per dataset with ``"per_dataset"`` (``image_attentions[ds]``,
+            ``fusions[ds]``), so that datasets asking different things of the image do not
+            pull one attention two ways
             OCR datasets (``ocr_datasets``): ocr_heads[ds] (_OCRHead): OCRTokenEncoder ->
                 TopDownAttention(ocr, q) -> joint += ProductFusion(o_att, q); copy logits (B, K)
                 = <W joint, ocr_k> / sqrt(O) with padded slots at ``lorra.MASKED_LOGIT``
@@ -77,6 +80,8 @@ from models.visdial import VisDial
 __all__ = ["SHAPES_RECIPE", "MultiTask"]
 
 ANSWER_SPACE_PREFIX = "answer_space_"
+#: ``vqa_heads``: one image attention + fusion for every VQA dataset, or one per dataset.
+VQA_HEADS = ("shared", "per_dataset")
 
 #: A small ShapesWorld configuration (CPU-trainable). ``vocab_size``, ``caption_vocab_size``,
 #: ``answer_spaces`` (and ``hash_buckets``) come from the processors.
@@ -157,7 +162,7 @@ class MultiTask(BaseModel, VisualMixin):
         "classifier_text_dim": 300, "ocr_embedding_dim": 300, "ocr_dim": 300,
         "ocr_visual": True, "caption_hidden_dim": 1000, "caption_attention_dim": 512,
         "caption_label_smoothing": 0.0, "dialog_attention_dim": 512,
-        "dialog_dense_loss_weight": 0.0, "dropout": 0.1,
+        "dialog_dense_loss_weight": 0.0, "vqa_heads": "shared", "dropout": 0.1,
         "glove_path": None, "backbone_weights": None,
     }  # fmt: skip
 
@@ -193,6 +198,7 @@ class MultiTask(BaseModel, VisualMixin):
         caption_label_smoothing: float = 0.0,
         dialog_attention_dim: int = 512,
         dialog_dense_loss_weight: float = 0.0,
+        vqa_heads: str = "shared",
         dropout: float = 0.1,
     ) -> None:
         super().__init__({k: v for k, v in locals().items() if k not in ("self", "__class__")})
@@ -222,12 +228,30 @@ class MultiTask(BaseModel, VisualMixin):
         self.build_visual(backbone=backbone, freeze_backbone=freeze_backbone,
                           image_dim=image_dim, use_boxes=use_boxes)
 
-        # -- VQA: shared attention + fusion, one classifier per answer space ---------------
-        self.image_attention = TopDownAttention(image_dim=image_dim, query_dim=q_dim,
-                                                hidden_dim=attention_dim,
-                                                num_glimpses=image_glimpses, dropout=dropout)
-        self.fusion = ProductFusion(dims=[self.image_attention.out_dim, q_dim],
-                                    hidden_dim=fusion_dim, dropout=dropout)
+        # -- VQA: attention + fusion (shared or per dataset), one classifier per space -----
+        if vqa_heads not in VQA_HEADS:
+            raise ValueError(f"MultiTask: vqa_heads must be one of {VQA_HEADS}, "
+                             f"got {vqa_heads!r}")
+        self.vqa_heads = vqa_heads
+
+        def attention() -> TopDownAttention:
+            return TopDownAttention(image_dim=image_dim, query_dim=q_dim,
+                                    hidden_dim=attention_dim, num_glimpses=image_glimpses,
+                                    dropout=dropout)
+
+        def fusion(att: TopDownAttention) -> ProductFusion:
+            return ProductFusion(dims=[att.out_dim, q_dim], hidden_dim=fusion_dim,
+                                 dropout=dropout)
+
+        if vqa_heads == "shared":
+            self.image_attention = attention()
+            self.fusion = fusion(self.image_attention)
+        else:
+            self.image_attentions = nn.ModuleDict({ds: attention()
+                                                   for ds in self.answer_spaces})
+            self.fusions = nn.ModuleDict({
+                ds: fusion(cast(TopDownAttention, att))
+                for ds, att in self.image_attentions.items()})
         self.classifiers = nn.ModuleDict({
             ds: TwoBranchClassifier(input_dim=fusion_dim, hidden_dim=classifier_dim,
                                     num_outputs=n, dropout=dropout,
@@ -313,8 +337,14 @@ class MultiTask(BaseModel, VisualMixin):
     def _vqa(self, batch: Mapping[str, Any], dataset: str) -> dict[str, Any]:
         _, _, q = self.question(batch["question_ids"], question_lengths(batch))  # (B, Q)
         v, v_mask, v_boxes = self.encode(batch)  # (B, N, D), (B, N), (B, N, 4)
-        v_att, weights = self.image_attention(v, q, v_mask)  # (B, G_img * D), (B, G_img, N)
-        joint = self.fusion(v_att, q)  # (B, F)
+        attention: nn.Module
+        fusion: nn.Module
+        if self.vqa_heads == "shared":
+            attention, fusion = self.image_attention, self.fusion
+        else:
+            attention, fusion = self.image_attentions[dataset], self.fusions[dataset]
+        v_att, weights = attention(v, q, v_mask)  # (B, G_img * D), (B, G_img, N)
+        joint = fusion(v_att, q)  # (B, F)
         head = cast(_OCRHead, self.ocr_heads[dataset]) if dataset in self.ocr_heads else None
         if head is not None:
             term, ocr, ocr_mask = head.encode(batch, q, v, v_boxes, v_mask)

@@ -5,8 +5,9 @@ Order (later wins):
 1. ``training/configs/defaults.yaml``
 2. model defaults: ``training/configs/models/<model.name>.yaml`` (or, for a model registered
    from user code, its class attribute ``config_defaults``), merged under ``model``
-3. dataset defaults: ``training/configs/datasets/<name>.yaml`` (or ``config_defaults`` of
-   the registered dataset) for every name under ``datasets``, merged under ``datasets.<name>``
+3. dataset defaults: ``COMMON_DATASET_KEYS``, then ``training/configs/datasets/<name>.yaml``
+   (or ``config_defaults`` of the registered dataset) for every name under ``datasets``,
+   merged under ``datasets.<name>``
 4. the experiment file given with ``--config``
 5. command-line ``key=value`` overrides (OmegaConf dotlist syntax)
 
@@ -52,6 +53,11 @@ PUBLIC_KEYS = (
 )
 
 
+#: Keys every dataset has whatever its reader (merged under ``datasets.<name>`` before the
+#: reader's own defaults): the multi-task sampler's weight (``data.sampling: temperature``).
+COMMON_DATASET_KEYS: dict[str, Any] = {"sampling_weight": 1.0}
+
+
 class ConfigError(ValueError):
     """A configuration problem; the message names the key or file and what to do."""
 
@@ -84,7 +90,8 @@ def load_config(
     dataset_names = list((peek.get("datasets") or {}).keys())
     for name in dataset_names:
         defaults = _component_defaults("datasets", str(name), DATASETS)
-        base = OmegaConf.merge(base, {"datasets": {str(name): defaults}})
+        base = OmegaConf.merge(base, {"datasets": {str(name): COMMON_DATASET_KEYS}},
+                               {"datasets": {str(name): defaults}})
 
     OmegaConf.set_struct(base, True)
     for layer, origin in ((experiment, str(config_path)), (cli, "command line")):

@@ -361,10 +361,16 @@ class Trainer:
             raise TrainError(f"dataset {name!r} (data_dir "
                              f"{cfg.datasets[name].get('data_dir')!r}): {exc}") from exc
         self.concat: ConcatDataset[Any] = ConcatDataset(self.train_sets)
-        self.sampler = MultiTaskBatchSampler(
-            [len(d) for d in self.train_sets], batch_size=self.micro_batch,
-            strategy=str(cfg.data.sampling), temperature=float(cfg.data.temperature),
-            seed=int(cfg.trainer.seed), rank=self.rank, world_size=self.world)
+        try:
+            self.sampler = MultiTaskBatchSampler(
+                [len(d) for d in self.train_sets], batch_size=self.micro_batch,
+                strategy=str(cfg.data.sampling), temperature=float(cfg.data.temperature),
+                weights=[float(cfg.datasets[n].get("sampling_weight", 1.0))
+                         for n in self.dataset_names],
+                seed=int(cfg.trainer.seed), rank=self.rank, world_size=self.world)
+        except ValueError as exc:
+            raise ConfigError(f"data.sampling / datasets.<name>.sampling_weight "
+                              f"({self.dataset_names}): {exc}") from exc
         if len(self.sampler) == 0:
             raise ConfigError(f"the micro-batch ({self.micro_batch}) is larger than the training "
                               f"data of a rank: lower trainer.batch_size")

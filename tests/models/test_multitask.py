@@ -147,6 +147,40 @@ def test_encoders_are_literally_shared() -> None:
     assert m.classifiers["vqa2"].out_a.parametrizations.weight.original0.grad is None
 
 
+def test_per_dataset_vqa_heads() -> None:
+    m = build(vqa_heads="per_dataset").train()
+    assert not hasattr(m, "image_attention") and set(m.image_attentions) == set(ANSWERS)
+    assert set(m.fusions) == set(ANSWERS)
+    shared = build()
+    n_shared = sum(p.numel() for p in shared.parameters())
+    n_each = sum(p.numel() for p in [*shared.image_attention.parameters(),
+                                      *shared.fusion.parameters()])
+    # two more attention + fusion pairs (three VQA datasets), nothing else changes
+    assert sum(p.numel() for p in m.parameters()) == n_shared + 2 * n_each
+    for ds in ANSWERS:
+        m.zero_grad(set_to_none=True)
+        out = m(make_batch(ds))
+        check_shapes(out, ds)
+        out["loss"].backward()
+        for other in ANSWERS:
+            grad = m.fusions[other].parameters().__next__().grad
+            assert (grad is not None and grad.abs().sum() > 0) == (other == ds), (ds, other)
+        # the encoders stay shared
+        assert m.question.embedding.embedding.weight.grad is not None
+    with pytest.raises(ValueError, match="vqa_heads must be one of"):
+        build(vqa_heads="private")
+
+
+def test_per_dataset_vqa_heads_release_round_trip(tmp_path: Any) -> None:
+    m = build(vqa_heads="per_dataset").eval()
+    save_pretrained(m, tmp_path / "rel")
+    loaded, _ = load(tmp_path / "rel")
+    assert isinstance(loaded, MultiTask) and loaded.vqa_heads == "per_dataset"
+    batch = make_batch("vqa2", seed=3)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(batch)["logits"], m(batch)["logits"])
+
+
 def test_alternating_training_overfits_every_dataset() -> None:
     m = build().train()
     batches = {ds: make_batch(ds) for ds in DATASETS}

@@ -73,6 +73,16 @@ def test_missing_or_malformed_experiment_file(tmp_path):
         load_config(bad)
 
 
+def test_every_dataset_has_a_sampling_weight():
+    cfg = load_config(overrides=["datasets.vqa2.data_dir=/a", "datasets.coco.data_dir=/b",
+                                 "datasets.vqa2.sampling_weight=1.5"])
+    assert cfg.datasets.vqa2.sampling_weight == 1.5
+    assert cfg.datasets.coco.sampling_weight == 1.0
+    assert cfg.datasets.coco.data_dir == "/b"  # the reader's own keys are all still there
+    with pytest.raises(ConfigError, match=r"datasets.coco.sampling_weigth"):
+        load_config(overrides=["datasets.coco.sampling_weigth=2"])
+
+
 def test_imports_register_user_components_with_their_own_defaults(tmp_path, monkeypatch):
     pkg = tmp_path / "my_plugins"
     pkg.mkdir()

@@ -8,10 +8,15 @@ from:
 * ``size_proportional``: an epoch has exactly ``batches(d)`` batches of dataset d, in a
   shuffled order, so datasets are seen in proportion to their size;
 * ``temperature``: each batch's dataset drawn i.i.d. with p(d) proportional to
-  ``size(d) ** (1 / T)`` (T = 1 is proportional, large T tends to uniform); the epoch has
-  as many batches as ``size_proportional``; a dataset that runs out reshuffles and goes on;
+  ``weight(d) * size(d) ** (1 / T)`` (T = 1 is proportional, large T tends to uniform;
+  ``weights`` default to 1); the epoch has as many batches as ``size_proportional``; a
+  dataset that runs out reshuffles and goes on;
 * ``round_robin``: datasets take turns, d0, d1, ..., d0, d1, ...; the epoch ends when the
   largest dataset has been seen once.
+
+``weights`` (one per dataset, ``datasets.<name>.sampling_weight`` in the trainer's config)
+act under ``temperature`` only, as MMF's sampling ratios; the other strategies refuse any
+weight but 1 rather than ignore it.
 
 No communication is needed between ranks: every random choice comes from a generator
 seeded by ``(seed, epoch)``, identical on every rank; only the rows differ, each rank
@@ -42,6 +47,7 @@ class MultiTaskBatchSampler:
         batch_size: int,
         strategy: str = "size_proportional",
         temperature: float = 2.0,
+        weights: Sequence[float] | None = None,
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
@@ -56,6 +62,14 @@ class MultiTaskBatchSampler:
             raise ValueError("batch_size and world_size must be positive, 0 <= rank < world_size")
         if strategy == "temperature" and temperature <= 0:
             raise ValueError("temperature must be positive")
+        self.weights = [1.0] * len(sizes) if weights is None else [float(w) for w in weights]
+        if len(self.weights) != len(sizes) or not all(
+                math.isfinite(w) and w > 0 for w in self.weights):
+            raise ValueError(f"weights must be one positive number per dataset ({len(sizes)}), "
+                             f"got {list(weights or [])}")
+        if strategy != "temperature" and any(w != 1.0 for w in self.weights):
+            raise ValueError(f"sampling weights {self.weights} need the temperature strategy; "
+                             f"{strategy!r} has no use for them")
         self.sizes = list(sizes)
         self.offsets = [sum(self.sizes[:i]) for i in range(len(self.sizes))]
         self.batch_size = batch_size
@@ -101,7 +115,8 @@ class MultiTaskBatchSampler:
                 order = [order[i] for i in torch.randperm(len(order), generator=g).tolist()]
             return order
         if self.strategy == "temperature":
-            weights = torch.tensor([n ** (1.0 / self.temperature) for n in self.sizes],
+            weights = torch.tensor([w * n ** (1.0 / self.temperature)
+                                    for w, n in zip(self.weights, self.sizes)],
                                    dtype=torch.float64)
             draws = torch.multinomial(weights / weights.sum(), sum(counts), replacement=True,
                                       generator=g)

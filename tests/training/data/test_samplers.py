@@ -62,6 +62,29 @@ def test_temperature_proportions_match_size_to_the_one_over_t():
     assert counts[2] / total > SIZES[2] / sum(SIZES)
 
 
+def test_temperature_weights_scale_each_dataset_probability():
+    T, W = 2.0, [3.0, 1.0, 0.5]
+    s = MultiTaskBatchSampler(SIZES, batch_size=1, strategy="temperature", temperature=T,
+                              weights=W, seed=4)
+    counts = Counter()
+    for epoch in range(5):
+        s.set_epoch(epoch)
+        counts.update(_which(s, b[0]) for b in s)
+    total = sum(counts.values())
+    weights = [w * n ** (1 / T) for w, n in zip(W, SIZES)]
+    for d, w in enumerate(weights):
+        p = w / sum(weights)
+        sigma = (p * (1 - p) / total) ** 0.5
+        assert abs(counts[d] / total - p) < 4.5 * sigma, (d, counts[d] / total, p)
+    # the weight of 3 puts dataset 0 (a third of dataset 1's size) ahead of dataset 1
+    assert counts[0] > counts[1]
+    # weights of 1 are the unweighted schedule, bit for bit
+    plain = MultiTaskBatchSampler(SIZES, batch_size=4, strategy="temperature", seed=4)
+    ones = MultiTaskBatchSampler(SIZES, batch_size=4, strategy="temperature", seed=4,
+                                 weights=[1, 1, 1])
+    assert list(plain) == list(ones)
+
+
 def test_round_robin_alternates():
     s = MultiTaskBatchSampler(SIZES, batch_size=20, strategy="round_robin", seed=0)
     order = [_which(s, b[0]) for b in s]
@@ -95,6 +118,12 @@ def test_bad_arguments():
         MultiTaskBatchSampler([3, 0], batch_size=4)
     with pytest.raises(ValueError, match="rank"):
         MultiTaskBatchSampler(SIZES, batch_size=4, rank=2, world_size=2)
+    with pytest.raises(ValueError, match="one positive number per dataset"):
+        MultiTaskBatchSampler(SIZES, batch_size=4, strategy="temperature", weights=[1, 2])
+    with pytest.raises(ValueError, match="one positive number per dataset"):
+        MultiTaskBatchSampler(SIZES, batch_size=4, strategy="temperature", weights=[1, 0, 1])
+    with pytest.raises(ValueError, match="need the temperature strategy"):
+        MultiTaskBatchSampler(SIZES, batch_size=4, weights=[2, 1, 1])
 
 
 class _Tagged(Dataset):
