@@ -84,6 +84,29 @@ def test_multitask_run_all_five(data_root: Path, tmp_path: Path) -> None:
     assert isinstance(captions[0]["caption"], str)
 
 
+def test_sampling_weights_and_per_dataset_heads(data_root: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    assert main(_args(data_root, run, "trainer.max_updates=30", "trainer.eval_every=30",
+                      "data.sampling=temperature", "datasets.vqa2.sampling_weight=20",
+                      "model.vqa_heads=per_dataset")) == 0
+    train = _records(run, "train")
+    counts = {d: sum(f"loss/{d}" in r for r in train) for d in DATASETS}
+    # p(vqa2) = 20 * sqrt(size) / (20 * sqrt(size) + four others): most batches, not all
+    assert counts["vqa2"] >= 20 and counts["vqa2"] < 30, counts
+    predictor = Predictor.from_pretrained(run / "release", device="cpu")
+    assert predictor.model.vqa_heads == "per_dataset"
+    image = str(next((data_root / "vizwiz" / "val").glob("*.jpg")))
+    answers = predictor.vqa([image], ["what color is it?"], dataset="vizwiz", top_k=2)
+    assert {a["answer"] for a in answers[0]} <= set(
+        predictor.processors["answer_space_vizwiz"].answers)
+    # a weight the strategy cannot use is refused, naming the key
+    assert main(_args(data_root, tmp_path / "bad", "trainer.max_updates=2",
+                      "datasets.coco.sampling_weight=2")) == 1
+    err = capsys.readouterr().err
+    assert "sampling_weight" in err and "temperature" in err
+
+
 def test_single_task_family_refuses_two_datasets(data_root: Path, tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     pythia_keys = ("model.ocr", "model.caption", "model.dialog")
