@@ -86,9 +86,8 @@ class _QoS(kombu_redis.QoS):
                 log.warning("broker connection gone: %d unacknowledged message(s) left to "
                             "the visibility sweep", len(self._delivered))
             self._delivered.clear()
-            return None
+            return
         super().restore_unacked(client)
-        return None
 
 
 class _Channel(kombu_redis.Channel):
